@@ -1,0 +1,127 @@
+"""``kdseg-train``: models (cost report), train, distill, evaluate, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="YAML run configuration")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. optim.lr=0.005 data.batch_size=4")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .export import export_onnx
+    from .models import create_model, list_models
+    from .models.cost import measure_cost
+
+    rows = []
+    for name in list_models():
+        model = create_model(name, img_size=224).eval()
+        cost = measure_cost(name, model, 224)
+        onnx_mb = None
+        if args.onnx_size:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_onnx(model, Path(tmp) / "m.onnx", 224, check=False)
+                onnx_mb = path.stat().st_size / 1e6
+        rows.append({"name": name, "parameters": cost.parameters, "gmacs_224": round(cost.gmacs, 3),
+                     "onnx_mb": None if onnx_mb is None else round(onnx_mb, 1),
+                     "description": model.config.description})
+    if args.json:
+        print(json.dumps({"mac_convention": "1 MAC = 1 multiply-add = 2 FLOPs (torch.utils.flop_counter / 2)",
+                          "models": rows}, indent=2))
+        return 0
+    teacher = rows[0]
+    print(f"{'model':<20}{'params':>14}{'x teacher':>11}{'GMACs@224':>11}{'x teacher':>11}{'ONNX MB':>9}")
+    for r in rows:
+        onnx = "-" if r["onnx_mb"] is None else f"{r['onnx_mb']:.1f}"
+        print(f"{r['name']:<20}{r['parameters']:>14,}{r['parameters'] / teacher['parameters']:>11.3f}"
+              f"{r['gmacs_224']:>11.2f}{r['gmacs_224'] / teacher['gmacs_224']:>11.3f}{onnx:>9}")
+    print("MACs: multiply-adds counted by torch.utils.flop_counter (FLOPs / 2) for one 1x224x224 slice.")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, distill: bool) -> int:
+    from .config import load_config
+    from .trainer import Trainer, TrainingInterrupted
+
+    config = load_config(args.config, args.overrides)
+    try:
+        final = Trainer(config, distill=distill).run(resume=args.resume)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    print(f"finished: weights in {final}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .release import export_release
+
+    registry = export_release(args.run, args.release, model_id=args.model_id, title=args.title,
+                              version=args.version, evaluation=args.evaluation, default=True)
+    print(f"release written: {registry}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_release
+
+    report = evaluate_release(args.registry, args.config, args.output, model_id=args.model_id)
+    print(report.read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdseg-train", description="Train, distil, evaluate and export "
+                                     "KDSegmentation TransUNet models.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="parameters, MACs at 224x224 and ONNX size of each config")
+    models.add_argument("--json", action="store_true")
+    models.add_argument("--no-onnx-size", dest="onnx_size", action="store_false",
+                        help="skip exporting each model to measure its ONNX size")
+    for name, help_text in (("train", "train a model (teacher or any config) with the segmentation loss"),
+                            ("distill", "train a student from a frozen teacher with distillation terms")):
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p)
+        p.add_argument("--resume", action="store_true", help="continue from output/checkpoint.pt")
+    ev = sub.add_parser("evaluate", help="Dice/HD95 of an exported model through the Lib's ONNX pipeline")
+    ev.add_argument("registry", type=Path, help="release registry.json")
+    ev.add_argument("config", type=Path, help="YAML whose data.val lists the cases")
+    ev.add_argument("-o", "--output", type=Path, required=True, help="report folder (JSON + Markdown)")
+    ev.add_argument("--model-id", default=None)
+    ex = sub.add_parser("export", help="ONNX + registry entry in a release folder the Lib loads")
+    ex.add_argument("run", type=Path, help="run folder (holds final/)")
+    ex.add_argument("release", type=Path, help="release folder to write")
+    ex.add_argument("--model-id", required=True)
+    ex.add_argument("--title", required=True)
+    ex.add_argument("--version", default="0.1.0")
+    ex.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON to copy into metrics")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.command == "models":
+        return _cmd_models(args)
+    if args.command in ("train", "distill"):
+        return _cmd_train(args, args.command == "distill")
+    if args.command == "export":
+        return _cmd_export(args)
+    return _cmd_evaluate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
