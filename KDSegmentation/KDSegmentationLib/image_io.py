@@ -96,6 +96,8 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     else:
+        if path.name.lower().endswith(".gz"):
+            _check_gzip_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -103,6 +105,20 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
                                   "Use a valid NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder.") from None
     _check_shape(image, path)
     return image
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """ITK zero-fills a truncated .gz stream without an error, so verify the stream first."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputImageError(f"Cannot read {path}: the compressed file is truncated or corrupt ({exc}).",
+                              "Copy or download the file again.") from None
 
 
 def _check_shape(image: sitk.Image, path: Path) -> None:
