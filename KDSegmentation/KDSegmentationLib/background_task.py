@@ -1,0 +1,87 @@
+"""Run a segmentation off the GUI thread and hand its progress back through a queue.
+
+Slicer's GUI, MRML and VTK belong to the main thread; the worker touches only numpy,
+SimpleITK and ONNX Runtime (which release the GIL) and communicates through a
+``queue.Queue`` that the GUI drains from a timer with :meth:`BackgroundTask.poll`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Union
+
+from .errors import CancelledError
+from .progress import CancelToken, ProgressCallback, ProgressEvent
+
+__all__ = ["TaskFinished", "TaskFailed", "BackgroundTask"]
+
+
+@dataclass(frozen=True)
+class TaskFinished:
+    result: Any
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    error: BaseException
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, CancelledError)
+
+
+TaskMessage = Union[ProgressEvent, TaskFinished, TaskFailed]
+
+
+class BackgroundTask:
+    """One job ``work(progress, cancel) -> result`` on a daemon thread.
+
+    Exactly one :class:`TaskFinished` or :class:`TaskFailed` message ends the stream;
+    a cancelled job ends with ``TaskFailed`` whose ``cancelled`` is True and no result.
+    """
+
+    def __init__(self, work: Callable[[ProgressCallback, CancelToken], Any]) -> None:
+        self._work = work
+        self._queue: "queue.Queue[TaskMessage]" = queue.Queue()
+        self.cancel_token = CancelToken()
+        self._thread: Optional[threading.Thread] = None
+        self._done = threading.Event()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("a BackgroundTask can be started once")
+        self._thread = threading.Thread(target=self._run, name="KDSegmentation worker", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            result = self._work(self._queue.put, self.cancel_token)
+            if self.cancel_token.cancelled:
+                raise CancelledError("Segmentation cancelled by the user.")
+            self._queue.put(TaskFinished(result))
+        except BaseException as exc:  # reported to the GUI thread, never lost in the worker
+            self._queue.put(TaskFailed(exc))
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._done.is_set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the worker ends (for scripts and tests); True when it did."""
+        return self._done.wait(timeout)
+
+    def poll(self) -> List[TaskMessage]:
+        """All messages queued since the last call (non-blocking)."""
+        messages: List[TaskMessage] = []
+        while True:
+            try:
+                messages.append(self._queue.get_nowait())
+            except queue.Empty:
+                return messages

@@ -1,0 +1,152 @@
+"""The Slicer module without Slicer: its source, build files, and the Lib path it drives, on real CT."""
+
+import ast
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KDSegmentationLib.background_task import BackgroundTask, TaskFailed, TaskFinished
+from KDSegmentationLib.dependencies import onnxruntime_requirement, nvidia_gpu_present
+from KDSegmentationLib.pipeline import SegmentationOptions
+from KDSegmentationLib.progress import ProgressEvent, Stage
+from KDSegmentationLib.registry import labels_from_anatomy
+from KDSegmentationLib.terminology import parse_terminology_entry, terminology_entry
+from KDSegmentationLib.volume_geometry import ijk_to_ras_from_image, image_from_kji_array
+from KDSegmentationLib.volume_segmentation import format_timings, segment_volume_array
+
+from slicer_api_names import MODULE, listed_names, used_names
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_module_source_is_python_39_compatible():
+    source = MODULE.read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    compile(source, str(MODULE), "exec")
+    for node in ast.walk(tree):
+        annotation = getattr(node, "annotation", None) or getattr(node, "returns", None)
+        if annotation is not None:
+            assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), \
+                f"line {node.lineno}: `X | Y` annotations fail on Slicer 5.8's Python 3.9"
+    for path in (REPO / "KDSegmentation" / "KDSegmentationLib").glob("*.py"):
+        ast.parse(path.read_text(), feature_version=(3, 9))
+        assert not re.search(r"^\s*(import|from)\s+(torch|slicer|qt|vtk)\b", path.read_text(), re.M), path
+
+
+def test_every_slicer_name_used_is_listed_for_checking():
+    assert used_names() <= listed_names()
+
+
+def test_module_cmake_lists_every_lib_file_and_resource():
+    cmake = (REPO / "KDSegmentation" / "CMakeLists.txt").read_text()
+    for path in (REPO / "KDSegmentation" / "KDSegmentationLib").glob("*.py"):
+        assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake
+    for resource in re.findall(r"Resources/(?:Icons|UI)/\$\{MODULE_NAME\}\.(\w+)", cmake):
+        assert list((REPO / "KDSegmentation" / "Resources").rglob(f"KDSegmentation.{resource}"))
+    for shared in re.findall(r"^\s+((?:Models|Samples)/\S+)$", cmake, re.M):
+        assert (REPO / "Resources" / shared).is_file(), shared
+    top = (REPO / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)",
+                "include(${Slicer_USE_FILE})", "add_subdirectory(KDSegmentation)",
+                "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert key in top
+
+
+def _oblique(image):
+    angle = np.deg2rad(12)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    tilted = sitk.Image(image)
+    tilted.SetDirection(tuple((rotation @ np.array(image.GetDirection()).reshape(3, 3)).ravel()))
+    return tilted
+
+
+def test_kji_array_and_ijk_to_ras_round_trip_exactly(example_ct):
+    for image in (example_ct, sitk.Flip(example_ct, [False, True, True]), _oblique(example_ct)):
+        matrix = ijk_to_ras_from_image(image)
+        # RAS is LPS with x and y negated: the first voxel's RAS position.
+        origin = np.array(image.GetOrigin())
+        np.testing.assert_allclose(matrix[:3, 3], origin * [-1, -1, 1])
+        rebuilt = image_from_kji_array(sitk.GetArrayFromImage(image), matrix)
+        np.testing.assert_allclose(rebuilt.GetOrigin(), image.GetOrigin(), atol=1e-9)
+        np.testing.assert_allclose(rebuilt.GetSpacing(), image.GetSpacing(), atol=1e-9)
+        np.testing.assert_allclose(rebuilt.GetDirection(), image.GetDirection(), atol=1e-12)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(rebuilt), sitk.GetArrayFromImage(image))
+    with pytest.raises(ValueError, match="3D"):
+        image_from_kji_array(np.zeros((4, 4)), np.eye(4))
+
+
+def test_terminology_entries_follow_slicers_format():
+    labels = labels_from_anatomy()
+    assert terminology_entry(labels[0]) is None
+    left = terminology_entry(next(label for label in labels if label.name == "kidney_left"))
+    assert left == ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+                    "Structure~SCT^64033007^Kidney~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
+    for label in labels[1:]:
+        fields = parse_terminology_entry(terminology_entry(label))
+        assert fields["type"][0] == "SCT" and fields["category"][1] == "123037004"
+    with pytest.raises(ValueError, match="7"):
+        parse_terminology_entry("a~b")
+
+
+def test_module_logic_path_on_real_ct(example_ct, plumbing_segmenter):
+    array = sitk.GetArrayFromImage(example_ct)
+    matrix = ijk_to_ras_from_image(example_ct)
+    result = segment_volume_array(array, matrix, plumbing_segmenter,
+                                  SegmentationOptions(structures=["liver", "spleen", "kidney_left"]))
+    assert result.labels_kji.shape == array.shape and result.labels_kji.dtype == np.uint8
+    np.testing.assert_allclose(result.ijk_to_ras, matrix, atol=1e-9)
+    assert [s.name for s in result.segments] == ["Left kidney", "Liver", "Spleen"]
+    assert [s.label_value for s in result.segments] == [3, 5, 7]
+    assert all(0 <= c <= 1 for s in result.segments for c in s.color)
+    assert set(np.unique(result.labels_kji)) <= {0, 3, 5, 7}
+    assert "SCT^10200004^Liver" in result.segments[1].terminology
+    assert format_timings(result.timings, result.device).startswith("Done in ")
+
+
+def test_background_task_reports_progress_and_result(example_ct, plumbing_segmenter):
+    array, matrix = sitk.GetArrayFromImage(example_ct), ijk_to_ras_from_image(example_ct)
+    task = BackgroundTask(lambda progress, cancel: segment_volume_array(
+        array, matrix, plumbing_segmenter, SegmentationOptions(batch_size=16), progress, cancel))
+    task.start()
+    assert task.wait(120)
+    messages = task.poll()
+    stages = {m.stage for m in messages if isinstance(m, ProgressEvent)}
+    assert {Stage.PREPROCESSING, Stage.INFERRING, Stage.POSTPROCESSING} <= stages
+    assert isinstance(messages[-1], TaskFinished)
+    assert messages[-1].result.labels_kji.shape == array.shape
+    assert not task.running
+
+
+def test_cancel_stops_promptly_and_returns_no_result(example_ct, plumbing_segmenter):
+    array, matrix = sitk.GetArrayFromImage(example_ct), ijk_to_ras_from_image(example_ct)
+    started = []
+
+    def work(progress, cancel):
+        def forward(event):
+            started.append(event)
+            progress(event)
+        return segment_volume_array(array, matrix, plumbing_segmenter, SegmentationOptions(batch_size=1),
+                                    forward, cancel)
+
+    task = BackgroundTask(work)
+    task.start()
+    while not any(e.stage == Stage.INFERRING for e in started):
+        time.sleep(0.01)
+    clicked = time.monotonic()
+    task.cancel()
+    assert task.wait(10)
+    assert time.monotonic() - clicked < 1.0
+    final = task.poll()[-1]
+    assert isinstance(final, TaskFailed) and final.cancelled
+
+
+def test_onnxruntime_requirement_follows_the_gpu():
+    assert onnxruntime_requirement(gpu=True).startswith("onnxruntime-gpu")
+    assert onnxruntime_requirement(gpu=False).startswith("onnxruntime>=")
+    assert nvidia_gpu_present(which=lambda name: None) is False
+    assert nvidia_gpu_present(which=lambda name: "/usr/bin/nvidia-smi") is True
