@@ -111,6 +111,10 @@ class Trainer:
         self.img_size = int(m["img_size"])
         self.num_classes = int(m["num_classes"])
         self.model: TransUNet = create_model(m["name"], num_classes=self.num_classes, img_size=self.img_size)
+        if m.get("pretrained"):
+            from .models.vit_npz import load_vit_r50_npz
+
+            load_vit_r50_npz(self.model, Path(m["pretrained"]))
         data = config["data"]
         if not data["train"]:
             raise ValueError("config data.train lists no volumes")
