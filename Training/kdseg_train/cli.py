@@ -1,4 +1,4 @@
-"""``kdseg-train``: models (cost report), train, distill, evaluate, export."""
+"""``kdseg-train``: models (cost report), train, distill, evaluate, export, convert."""
 
 from __future__ import annotations
 
@@ -82,6 +82,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .data import load_ct_volume
+    from .data.synapse import write_synapse_case
+
+    if len(args.images) != len(args.labels):
+        raise SystemExit("kdseg-train convert: give as many --labels as --images")
+    for image, label in zip(args.images, args.labels):
+        volume = load_ct_volume(image, label, args.remap)
+        names = write_synapse_case(volume, args.root, args.split)
+        print(f"{image} -> {len(names)} {'slices' if args.split == 'train' else 'volume'} in {args.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdseg-train", description="Train, distil, evaluate and export "
                                      "KDSegmentation TransUNet models.")
@@ -108,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--title", required=True)
     ex.add_argument("--version", default="0.1.0")
     ex.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON to copy into metrics")
+    cv = sub.add_parser("convert", help="NIfTI/DICOM image + label pairs -> the Synapse layout of TransUNet")
+    cv.add_argument("root", type=Path, help="Synapse dataset root to write")
+    cv.add_argument("--images", type=Path, nargs="+", required=True)
+    cv.add_argument("--labels", type=Path, nargs="+", required=True)
+    cv.add_argument("--remap", default="btcv", help="label remap table (btcv, totalsegmentator, dcmqi, identity)")
+    cv.add_argument("--split", default="train", help="train (npz slices) or test_vol (h5 volumes)")
     return parser
 
 
@@ -120,6 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _cmd_train(args, args.command == "distill")
     if args.command == "export":
         return _cmd_export(args)
+    if args.command == "convert":
+        return _cmd_convert(args)
     return _cmd_evaluate(args)
 
 

@@ -39,9 +39,18 @@ class TrainingInterrupted(RuntimeError):
 
 
 def load_volumes(entries: List[Dict[str, Any]], hu_window) -> List[CTVolume]:
-    """Load the ``data.train``/``data.val`` entries of a config (image, label, remap, unlabeled, slices)."""
+    """Load the ``data.train``/``data.val`` entries of a config.
+
+    An entry is an image/label pair (image, label, remap, unlabeled, slices, name) or a
+    Synapse-layout dataset ``{format: synapse, root: DIR, split: train|test_vol}``.
+    """
     volumes = []
     for entry in entries:
+        if entry.get("format") == "synapse":
+            from .data.synapse import read_synapse_split
+
+            volumes.extend(read_synapse_split(Path(entry["root"]), entry.get("split", "train")))
+            continue
         volume = load_ct_volume(Path(entry["image"]), Path(entry["label"]), entry.get("remap", "identity"),
                                 entry.get("unlabeled", ()), hu_window, entry.get("name"))
         if "slices" in entry:
