@@ -51,6 +51,9 @@ def test_train_lowers_loss_and_distill_runs_then_export_segments_real_ct(tmp_pat
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     saved = yaml.safe_load((tmp_path / "teacher" / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 12  # the resolved config is saved with the run
+    figures = sorted(p.name for p in (tmp_path / "teacher" / "figures").iterdir())
+    assert figures == ["losses.png", "overlay_ct_sm_val.png", "validation_dice.png"]
+    assert any((tmp_path / "teacher" / "tensorboard").iterdir())
     distill = _config(tmp_path, shared_data, "student", 8, distill={
         "teacher": str(tmp_path / "teacher"), "pixel_kd": {"weight": 1.0, "temperature": 4.0},
         "attention_kd": {"weight": 0.5}})

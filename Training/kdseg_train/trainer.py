@@ -225,6 +225,7 @@ class Trainer:
         from tqdm import tqdm
 
         bar = tqdm(total=max_steps, initial=step, desc="distill" if self.distill else "train", unit="step")
+        writer = self._tensorboard()
         self.model.train()
         started = time.time()
         try:
@@ -250,6 +251,10 @@ class Trainer:
                                   ("total", "seg", "pixel_kd", "attention_kd")), f"{time.time() - started:.1f}"])
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['total']:.3f}")
+                    if writer is not None:
+                        for key, value in values.items():
+                            writer.add_scalar(f"loss/{key}", value, step)
+                        writer.add_scalar("lr", lr, step)
                     if step % int(train_cfg["checkpoint_every"]) == 0 or step == max_steps:
                         save_checkpoint(ckpt, self.model, self.optimizer, step)
                         log_file.flush()
@@ -259,6 +264,9 @@ class Trainer:
                             val_log.writerow(["step"] + list(metrics))
                         val_log.writerow([step] + [f"{v:.4f}" for v in metrics.values()])
                         val_file.flush()
+                        if writer is not None:
+                            for key, value in metrics.items():
+                                writer.add_scalar(f"val/{key}", value, step)
                         _log.info("step %d validation mean Dice %.3f", step, metrics["mean_dice"])
                     if self._stop_signal is not None:
                         save_checkpoint(ckpt, self.model, self.optimizer, step)
@@ -267,6 +275,8 @@ class Trainer:
                             f"Resume with the same command plus --resume.")
         finally:
             bar.close()
+            if writer is not None:
+                writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         final = self.out / "final"
@@ -275,4 +285,27 @@ class Trainer:
         if self.val_volumes:
             summary["validation"] = self.validate()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        self._write_figures(summary.get("validation"))
         return final
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            _log.warning("tensorboard is not installed; logging to CSV only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _write_figures(self, validation: Optional[Dict[str, float]]) -> None:
+        from .plots import plot_losses, plot_validation_dice, save_overlay
+
+        figures = self.out / "figures"
+        figures.mkdir(exist_ok=True)
+        plot_losses(self.out / "train_log.csv", figures / "losses.png")
+        if validation:
+            plot_validation_dice(validation, figures / "validation_dice.png")
+        for volume in self.val_volumes:
+            pred = predict_volume(self.model, volume, self.img_size)
+            z = int(np.argmax((volume.labels % 255 > 0).sum(axis=(1, 2))))
+            save_overlay(volume.image[z], pred[z], figures / f"overlay_{volume.name.split('[')[0]}.png",
+                         volume.labels[z], volume.name)
