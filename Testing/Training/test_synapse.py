@@ -39,3 +39,20 @@ def test_read_reference_layout(tmp_path, shared_data):
     assert set(np.unique(train[0].labels)) <= set(range(9))
     test = read_synapse_split(tmp_path, "test_vol")
     assert test[0].image.shape == (112, 101, 122) and 0 <= test[0].image.min() and test[0].image.max() <= 1
+
+
+def test_cataract_frames_with_rgb_and_grey_masks(shared_data):
+    import torch
+
+    from kdseg_train.data.cataract import Cataract1KDataset
+    from kdseg_train.models import create_model
+
+    for split in ("train", "test"):  # RGB-stored and single-channel masks
+        dataset = Cataract1KDataset(shared_data / "cataract1k", split, "instrument", img_size=64)
+        assert len(dataset) == 5
+        image, label = dataset[0]
+        assert image.shape == (3, 64, 64) and 0 <= image.min() and image.max() <= 1
+        assert set(torch.unique(label).tolist()) <= {0, 1} and label.sum() > 0
+    model = create_model("student-shsa-tiny", num_classes=2, img_size=64, in_channels=3).eval()
+    with torch.no_grad():
+        assert model(image[None]).shape == (1, 2, 64, 64)
