@@ -29,7 +29,7 @@ def plot_losses(train_log: Path, output: Path) -> Path:
         rows = list(csv.DictReader(handle))
     steps = np.array([int(r["step"]) for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for term in ("total", "seg", "pixel_kd", "attention_kd"):
+    for term in [k for k in rows[0] if k not in ("step", "lr", "seconds")]:
         values = np.array([float(r[term]) for r in rows])
         if not values.any():
             continue

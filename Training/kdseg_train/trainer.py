@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import save_config
 from .data import AxialSliceDataset, CTVolume, IGNORE_INDEX, load_ct_volume
 from .export import export_safetensors, load_safetensors_model
-from .losses import AttentionMapDistillation, PixelKLDivergence, SegmentationLoss
+from .losses import DistillationCriterion, SegmentationLoss
 from .models import TransUNet, create_model
 
 __all__ = ["load_volumes", "predict_volume", "dice_per_class", "Trainer", "TrainingInterrupted"]
@@ -134,13 +134,15 @@ class Trainer:
         self.batches = _Batches(dataset, int(data["batch_size"]), int(train_cfg["seed"]))
         self.seg_loss = SegmentationLoss(self.num_classes)
         self.teacher: Optional[TransUNet] = None
-        self.kd_terms: Dict[str, nn.Module] = {}
-        self.kd_weights: Dict[str, float] = {}
+        self.criterion: Optional[DistillationCriterion] = None
         if distill:
             self._setup_teacher(config["distill"])
         o = config["optim"]
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=float(o["lr"]), momentum=float(o["momentum"]),
+        # Learned projections of distillation terms (MISTKD) train with the student.
+        parameters = list(self.model.parameters()) + (list(self.criterion.parameters()) if self.criterion else [])
+        self.optimizer = torch.optim.SGD(parameters, lr=float(o["lr"]), momentum=float(o["momentum"]),
                                          weight_decay=float(o["weight_decay"]))
+        self.loss_names = ["total", "seg"] + (list(self.criterion.terms) if self.criterion else [])
         self._stop_signal: Optional[int] = None
 
     def _setup_teacher(self, cfg: Dict[str, Any]) -> None:
@@ -154,15 +156,9 @@ class Trainer:
         self.teacher = load_safetensors_model(final).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        pix = cfg.get("pixel_kd", {})
-        if float(pix.get("weight", 0)) > 0:
-            self.kd_terms["pixel_kd"] = PixelKLDivergence(float(pix.get("temperature", 4.0)))
-            self.kd_weights["pixel_kd"] = float(pix["weight"])
-        att = cfg.get("attention_kd", {})
-        if float(att.get("weight", 0)) > 0:
-            self.kd_terms["attention_kd"] = AttentionMapDistillation(self.model.config.depth,
-                                                                     self.teacher.config.depth)
-            self.kd_weights["attention_kd"] = float(att["weight"])
+        self.criterion = DistillationCriterion(cfg, self.model, self.teacher, self.num_classes)
+        if not self.criterion.terms:
+            raise ValueError("distill: no distillation term has a weight > 0")
 
     # -- loop -------------------------------------------------------------------------
     def _lr(self, step: int) -> float:
@@ -170,19 +166,15 @@ class Trainer:
         return float(o["lr"]) * (1 - step / max_steps) ** float(o["poly_power"])
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        need_features = "attention_kd" in self.kd_terms
+        need_features = self.criterion is not None and self.criterion.needs_features
         out = self.model(images, return_features=need_features)
         logits = out.logits if need_features else out
         terms = {"seg": self.seg_loss(logits, labels)}
-        if self.teacher is not None and self.kd_terms:
+        if self.criterion is not None:
             with torch.no_grad():
                 t_out = self.teacher(images, return_features=need_features)
-            t_logits = t_out.logits if need_features else t_out
-            if "pixel_kd" in self.kd_terms:
-                terms["pixel_kd"] = self.kd_weights["pixel_kd"] * self.kd_terms["pixel_kd"](logits, t_logits)
-            if need_features:
-                terms["attention_kd"] = self.kd_weights["attention_kd"] * self.kd_terms["attention_kd"](
-                    out.attention_mean, t_out.attention_mean, out.grid, t_out.grid)
+            _, kd_terms = self.criterion(out, t_out, labels)
+            terms.update(kd_terms)
         terms["total"] = sum(terms.values())
         return terms
 
@@ -212,7 +204,7 @@ class Trainer:
         if resume:
             if not ckpt.is_file():
                 raise FileNotFoundError(f"--resume given but no checkpoint at {ckpt}")
-            step = load_checkpoint(ckpt, self.model, self.optimizer)
+            step = load_checkpoint(ckpt, self.model, self.optimizer, self.criterion)
             _log.info("resumed from %s at step %d", ckpt, step)
         elif ckpt.exists():
             raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose "
@@ -233,7 +225,7 @@ class Trainer:
                 log = csv.writer(log_file)
                 val_log = csv.writer(val_file)
                 if log_file.tell() == 0:
-                    log.writerow(["step", "lr", "total", "seg", "pixel_kd", "attention_kd", "seconds"])
+                    log.writerow(["step", "lr", *self.loss_names, "seconds"])
                 while step < max_steps:
                     lr = self._lr(step)
                     for group in self.optimizer.param_groups:
@@ -247,8 +239,8 @@ class Trainer:
                     values = {k: float(v.detach()) for k, v in terms.items()}
                     if not math.isfinite(values["total"]):
                         raise FloatingPointError(f"loss became {values['total']} at step {step}; lower optim.lr")
-                    log.writerow([step, f"{lr:.6g}", *(f"{values.get(k, 0.0):.5f}" for k in
-                                  ("total", "seg", "pixel_kd", "attention_kd")), f"{time.time() - started:.1f}"])
+                    log.writerow([step, f"{lr:.6g}", *(f"{values[k]:.5f}" for k in self.loss_names),
+                                  f"{time.time() - started:.1f}"])
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['total']:.3f}")
                     if writer is not None:
@@ -256,7 +248,7 @@ class Trainer:
                             writer.add_scalar(f"loss/{key}", value, step)
                         writer.add_scalar("lr", lr, step)
                     if step % int(train_cfg["checkpoint_every"]) == 0 or step == max_steps:
-                        save_checkpoint(ckpt, self.model, self.optimizer, step)
+                        save_checkpoint(ckpt, self.model, self.optimizer, step, self.criterion)
                         log_file.flush()
                     if self.val_volumes and (step % int(train_cfg["val_every"]) == 0 or step == max_steps):
                         metrics = self.validate()
@@ -269,7 +261,7 @@ class Trainer:
                                 writer.add_scalar(f"val/{key}", value, step)
                         _log.info("step %d validation mean Dice %.3f", step, metrics["mean_dice"])
                     if self._stop_signal is not None:
-                        save_checkpoint(ckpt, self.model, self.optimizer, step)
+                        save_checkpoint(ckpt, self.model, self.optimizer, step, self.criterion)
                         raise TrainingInterrupted(
                             f"stopped by signal {self._stop_signal} at step {step}; checkpoint saved to {ckpt}. "
                             f"Resume with the same command plus --resume.")
