@@ -68,8 +68,17 @@ def _cmd_train(args: argparse.Namespace, distill: bool) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .release import export_release
 
+    comparisons = {}
+    for item in args.compare:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"kdseg-train export: --compare expects NAME=EVALUATION_JSON, got {item!r}")
+        comparisons[name] = Path(path)
+    extra = json.loads(Path(args.metrics_json).read_text()) if args.metrics_json else None
     registry = export_release(args.run, args.release, model_id=args.model_id, title=args.title,
-                              version=args.version, evaluation=args.evaluation, default=True)
+                              version=args.version, evaluation=args.evaluation, default=True,
+                              comparisons=comparisons, extra_metrics=extra, intended_use=args.intended_use,
+                              description=args.description)
     print(f"release written: {registry}")
     return 0
 
@@ -121,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--title", required=True)
     ex.add_argument("--version", default="0.1.0")
     ex.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON to copy into metrics")
+    ex.add_argument("--compare", nargs="*", default=[], metavar="NAME=JSON",
+                    help="evaluation JSONs of other models to summarise in metrics.comparisons")
+    ex.add_argument("--metrics-json", type=Path, default=None, help="extra measured metrics (JSON object)")
+    ex.add_argument("--intended-use", default="Demonstration weights trained on two patients; not for clinical use.")
+    ex.add_argument("--description", default=None)
     cv = sub.add_parser("convert", help="NIfTI/DICOM image + label pairs -> the Synapse layout of TransUNet")
     cv.add_argument("root", type=Path, help="Synapse dataset root to write")
     cv.add_argument("--images", type=Path, nargs="+", required=True)

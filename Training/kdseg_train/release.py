@@ -17,6 +17,7 @@ __all__ = ["export_release"]
 
 def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, version: str = "0.1.0",
                    evaluation: Optional[Path] = None, default: bool = True,
+                   comparisons: Optional[Dict[str, Path]] = None, extra_metrics: Optional[Dict[str, Any]] = None,
                    intended_use: str = ("Demonstration weights trained on two patients; not for clinical use."),
                    description: Optional[str] = None) -> Path:
     """Export ``run_dir/final`` to ONNX in ``release_dir`` and add/replace its registry entry.
@@ -26,6 +27,9 @@ def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, 
         release_dir: folder holding ``registry.json`` and the ONNX files (created if needed).
         model_id / title / version: registry fields.
         evaluation: JSON written by ``kdseg-train evaluate``; copied into ``metrics``.
+        comparisons: name -> evaluation JSON of other models (e.g. teacher, no-KD ablation);
+            their summaries go into ``metrics["comparisons"]``.
+        extra_metrics: further measured figures (e.g. latency) merged into ``metrics``.
         default: make this model the registry's default.
 
     Returns:
@@ -47,6 +51,11 @@ def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, 
     metrics: Dict[str, Any] = {}
     if evaluation is not None:
         metrics = json.loads(Path(evaluation).read_text())
+    if comparisons:
+        metrics["comparisons"] = {name: json.loads(Path(path).read_text())["summary"]
+                                  for name, path in comparisons.items()}
+    if extra_metrics:
+        metrics.update(extra_metrics)
     card = ModelCard(
         id=model_id, title=title, version=version,
         description=description or f"{meta['config']['name']} ({meta['config']['attention']}), "

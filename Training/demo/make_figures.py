@@ -1,0 +1,76 @@
+"""README figures: the shipped model's organs on a slice of the bundled sample CT, and the
+teacher / student-with-KD / student-without-KD validation Dice chart.
+
+    python Training/demo/make_figures.py RUNS_DIR OUTPUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+from KDSegmentationLib.anatomy import SYNAPSE_ORGANS  # noqa: E402
+from KDSegmentationLib.orientation import to_canonical  # noqa: E402
+from KDSegmentationLib.pipeline import Segmenter, segment_image  # noqa: E402
+from KDSegmentationLib.preprocessing import window_to_unit  # noqa: E402
+from KDSegmentationLib.resources import sample_ct_path  # noqa: E402
+
+
+def overlay(output: Path) -> None:
+    ct = sitk.ReadImage(str(sample_ct_path()))
+    segmenter = Segmenter.from_registry(device="cpu", allow_download=False)
+    labels = sitk.GetArrayFromImage(to_canonical(segment_image(ct, segmenter).labels))
+    image = window_to_unit(sitk.GetArrayFromImage(to_canonical(ct)), (-160, 240))
+    z = int(np.argmax([len(np.unique(s)) * 1e6 + (s > 0).sum() for s in labels]))
+    colours = np.zeros((256, 4))
+    for organ in SYNAPSE_ORGANS:
+        colours[organ.index] = (*[c / 255 for c in organ.color], 0.6)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.imshow(image[z], cmap="gray", vmin=0, vmax=1)
+    ax.imshow(colours[labels[z]])
+    present = [o for o in SYNAPSE_ORGANS if (labels[z] == o.index).any()]
+    for organ in present:
+        ax.plot([], [], "s", color=np.array(organ.color) / 255, label=organ.display_name)
+    if present:
+        ax.legend(loc="lower right", fontsize=7, framealpha=0.7)
+    ax.set_title(f"{segmenter.card.id}: bundled sample CT, axial slice {z}", fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(output, dpi=130)
+    plt.close(fig)
+
+
+def comparison(runs: Path, output: Path) -> None:
+    models = {"teacher (R50-ViT-B/16)": "teacher_demo", "student SHSA + KD": "student_distill_demo",
+              "student SHSA, no KD": "student_nokd_demo"}
+    organs = [o.name for o in SYNAPSE_ORGANS]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.27
+    for i, (title, run) in enumerate(models.items()):
+        summary = json.loads((runs / "eval" / run / "evaluation.json").read_text())["summary"]
+        values = [summary.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
+        ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)
+    ax.set_xticks(range(len(organs)))
+    ax.set_xticklabels(organs, rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice (validation)")
+    ax.set_title("Demonstration weights (2 training patients, CPU): validation Dice per organ", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output, dpi=130)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlay(out_dir / "segmentation.png")
+    comparison(runs_dir, out_dir / "kd_ablation.png")
