@@ -87,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_json_atomic(data: object, path: Path) -> None:
     path = Path(path)
-    if not path.parent.is_dir() if str(path.parent) else False:
-        raise OutputError(f"Folder of {path} does not exist.", "Create it or choose another path.")
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent or "."))
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
