@@ -33,4 +33,4 @@ def test_quick_start_command_segments_the_sample_with_the_shipped_model(tmp_path
     liver = sitk.GetArrayFromImage(seg) == 5
     dice = 2 * (liver & reference).sum() / (liver.sum() + reference.sum())
     assert dice > 0.5
-    assert json.loads(volumes.read_text())["volumes_ml"]["liver"] > 500
+    assert json.loads(volumes.read_text(encoding="utf-8"))["volumes_ml"]["liver"] > 500

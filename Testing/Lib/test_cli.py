@@ -26,7 +26,7 @@ def test_sample_segmentation_writes_label_map_volumes_and_timings(capsys, plumbi
     seg = sitk.ReadImage(str(out))
     assert seg.GetSize() == example_ct.GetSize() and seg.GetDirection() == example_ct.GetDirection()
     assert seg.GetOrigin() == example_ct.GetOrigin() and seg.GetSpacing() == example_ct.GetSpacing()
-    data = json.loads(vol.read_text())
+    data = json.loads(vol.read_text(encoding="utf-8"))
     assert set(data["volumes_ml"]) == {"aorta", "gallbladder", "kidney_left", "kidney_right", "liver",
                                        "pancreas", "spleen", "stomach"}
     assert "Timing (s): read" in stdout and "infer" in stdout and "write" in stdout
@@ -55,7 +55,7 @@ def _bad_inputs(tmp_path, shared_data):
     corrupt.write_bytes((shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz").read_bytes()[:5000])
     empty = tmp_path / "empty_dicom"
     empty.mkdir()
-    (empty / "notes.txt").write_text("no images here")
+    (empty / "notes.txt").write_text("no images here", encoding="utf-8")
     several = tmp_path / "two_series"
     shutil.copytree(shared_data / "ct" / "dcmqi_3slice" / "ct-3slice", several)
     for f in list((shared_data / "ct" / "totalsegmentator_dicom" / "example_ct_dicom").iterdir())[:3]:

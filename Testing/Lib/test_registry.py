@@ -11,13 +11,13 @@ from KDSegmentationLib.resources import registry_path
 
 
 def _entry(registry):
-    return json.loads(registry.read_text())["models"][0]
+    return json.loads(registry.read_text(encoding="utf-8"))["models"][0]
 
 
 def test_bundled_registry_is_valid_against_schema():
     import jsonschema
-    data = json.loads(registry_path().read_text())
-    schema = json.loads((registry_path().parent / "registry.schema.json").read_text())
+    data = json.loads(registry_path().read_text(encoding="utf-8"))
+    schema = json.loads((registry_path().parent / "registry.schema.json").read_text(encoding="utf-8"))
     jsonschema.validate(data, schema)
     registry = load_registry()
     for card in registry.models.values():
@@ -27,8 +27,8 @@ def test_bundled_registry_is_valid_against_schema():
 def test_written_registry_matches_schema_and_round_trips(plumbing_registry):
     import jsonschema
 
-    schema = json.loads((registry_path().parent / "registry.schema.json").read_text())
-    jsonschema.validate(json.loads(plumbing_registry.read_text()), schema)
+    schema = json.loads((registry_path().parent / "registry.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(json.loads(plumbing_registry.read_text(encoding="utf-8")), schema)
     card = load_registry(plumbing_registry).get()
     assert card_from_dict(card_to_dict(card)) == card
     assert [label.name for label in card.foreground_labels()] == [
@@ -48,9 +48,9 @@ def test_written_registry_matches_schema_and_round_trips(plumbing_registry):
     (lambda e: e.update(size_bytes="12"), "size_bytes"),
 ])
 def test_invalid_entry_names_the_field(plumbing_registry, mutate, field):
-    data = json.loads(plumbing_registry.read_text())
+    data = json.loads(plumbing_registry.read_text(encoding="utf-8"))
     mutate(data["models"][0])
-    plumbing_registry.write_text(json.dumps(data))
+    plumbing_registry.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(RegistryError) as info:
         load_registry(plumbing_registry)
     assert field in str(info.value)
@@ -69,7 +69,7 @@ def test_missing_and_corrupt_registry_files(tmp_path):
     with pytest.raises(RegistryError, match="not found"):
         load_registry(tmp_path / "nope.json")
     bad = tmp_path / "registry.json"
-    bad.write_text("{not json")
+    bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(RegistryError, match="not valid JSON"):
         load_registry(bad)
 

@@ -25,9 +25,9 @@ def test_missing_bundle_downloads_into_cache_then_works_offline(plumbing_registr
     store = tmp_path / "store"
     store.mkdir()
     shutil.move(str(registry.directory / card.file), store / card.file)
-    data = json.loads(plumbing_registry.read_text())
+    data = json.loads(plumbing_registry.read_text(encoding="utf-8"))
     data["models"][0]["urls"] = [(store / card.file).as_uri()]
-    plumbing_registry.write_text(json.dumps(data))
+    plumbing_registry.write_text(json.dumps(data), encoding="utf-8")
     registry = load_registry(plumbing_registry)
     card = registry.get()
     cache = tmp_path / "cache"
@@ -47,10 +47,10 @@ def test_corrupt_cache_entry_is_replaced(plumbing_registry, tmp_path):
     registry = load_registry(plumbing_registry)
     card = registry.get()
     source = registry.directory / card.file
-    data = json.loads(plumbing_registry.read_text())
+    data = json.loads(plumbing_registry.read_text(encoding="utf-8"))
     data["models"][0]["urls"] = [source.as_uri()]
     data["models"][0]["file"] = "elsewhere.onnx"
-    plumbing_registry.write_text(json.dumps(data))
+    plumbing_registry.write_text(json.dumps(data), encoding="utf-8")
     card = load_registry(plumbing_registry).get()
     cache = tmp_path / "cache"
     target = cached_path(card, cache)

@@ -34,7 +34,7 @@ def _dotted(node: ast.AST) -> str:
 
 
 def used_names(source: Path = MODULE) -> Set[str]:
-    tree = ast.parse(source.read_text())
+    tree = ast.parse(source.read_text(encoding="utf-8"))
     names: Set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "slicer":
@@ -49,7 +49,7 @@ def used_names(source: Path = MODULE) -> Set[str]:
 
 
 def listed_names() -> Set[str]:
-    return {line.strip() for line in USED_LIST.read_text().splitlines() if line.strip()}
+    return {line.strip() for line in USED_LIST.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def missing_in_source(names: Set[str], grep) -> Set[str]:

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_module_source_is_python_39_compatible():
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     tree = ast.parse(source, feature_version=(3, 9))
     compile(source, str(MODULE), "exec")
     for node in ast.walk(tree):
@@ -33,8 +33,8 @@ def test_module_source_is_python_39_compatible():
             assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), \
                 f"line {node.lineno}: `X | Y` annotations fail on Slicer 5.8's Python 3.9"
     for path in (REPO / "KDSegmentation" / "KDSegmentationLib").glob("*.py"):
-        ast.parse(path.read_text(), feature_version=(3, 9))
-        assert not re.search(r"^\s*(import|from)\s+(torch|slicer|qt|vtk)\b", path.read_text(), re.M), path
+        ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+        assert not re.search(r"^\s*(import|from)\s+(torch|slicer|qt|vtk)\b", path.read_text(encoding="utf-8"), re.M), path
 
 
 def test_every_slicer_name_used_is_listed_for_checking():
@@ -42,14 +42,14 @@ def test_every_slicer_name_used_is_listed_for_checking():
 
 
 def test_module_cmake_lists_every_lib_file_and_resource():
-    cmake = (REPO / "KDSegmentation" / "CMakeLists.txt").read_text()
+    cmake = (REPO / "KDSegmentation" / "CMakeLists.txt").read_text(encoding="utf-8")
     for path in (REPO / "KDSegmentation" / "KDSegmentationLib").glob("*.py"):
         assert f"${{MODULE_NAME}}Lib/{path.name}" in cmake
     for resource in re.findall(r"Resources/(?:Icons|UI)/\$\{MODULE_NAME\}\.(\w+)", cmake):
         assert list((REPO / "KDSegmentation" / "Resources").rglob(f"KDSegmentation.{resource}"))
     for shared in re.findall(r"^\s+((?:Models|Samples)/\S+)$", cmake, re.M):
         assert (REPO / "Resources" / shared).is_file(), shared
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)",
                 "include(${Slicer_USE_FILE})", "add_subdirectory(KDSegmentation)",

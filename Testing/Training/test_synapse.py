@@ -24,7 +24,7 @@ def test_convert_writes_exactly_the_reference_synapse_files(tmp_path, shared_dat
     our_slice = np.load(tmp_path / "synapse" / "train_npz" / "example_ct_slice086.npz")
     np.testing.assert_array_equal(our_slice["image"], ref_slice["image"])
     np.testing.assert_array_equal(our_slice["label"], ref_slice["label"])
-    listed = (tmp_path / "synapse" / "lists_Synapse" / "train.txt").read_text().split()
+    listed = (tmp_path / "synapse" / "lists_Synapse" / "train.txt").read_text(encoding="utf-8").split()
     assert "example_ct_slice086" in listed and all(n.startswith("example_ct_slice") for n in listed)
 
 

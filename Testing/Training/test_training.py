@@ -36,12 +36,12 @@ def _config(tmp_path, shared_data, name, steps, **extra):
     }
     cfg.update(extra)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
 
 def _losses(run):
-    rows = (run / "train_log.csv").read_text().splitlines()[1:]
+    rows = (run / "train_log.csv").read_text(encoding="utf-8").splitlines()[1:]
     return [float(r.split(",")[2]) for r in rows]
 
 
@@ -49,7 +49,7 @@ def test_train_lowers_loss_and_distill_runs_then_export_segments_real_ct(tmp_pat
     assert train_main(["train", str(_config(tmp_path, shared_data, "teacher", 12))]) == 0
     losses = _losses(tmp_path / "teacher")
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
-    saved = yaml.safe_load((tmp_path / "teacher" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "teacher" / "config.yaml").read_text(encoding="utf-8"))
     assert saved["train"]["max_steps"] == 12  # the resolved config is saved with the run
     figures = sorted(p.name for p in (tmp_path / "teacher" / "figures").iterdir())
     assert figures == ["losses.png", "overlay_ct_sm_val.png", "validation_dice.png"]
@@ -58,7 +58,7 @@ def test_train_lowers_loss_and_distill_runs_then_export_segments_real_ct(tmp_pat
         "teacher": str(tmp_path / "teacher"), "pixel_kd": {"weight": 1.0, "temperature": 4.0},
         "attention_kd": {"weight": 0.5}})
     assert train_main(["distill", str(distill)]) == 0
-    header, *rows = (tmp_path / "student" / "train_log.csv").read_text().splitlines()
+    header, *rows = (tmp_path / "student" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     columns = header.split(",")
     assert columns[:6] == ["step", "lr", "total", "seg", "pixel_kd", "attention_kd"]
     for term in ("pixel_kd", "attention_kd"):
@@ -80,9 +80,9 @@ def test_train_lowers_loss_and_distill_runs_then_export_segments_real_ct(tmp_pat
     report = tmp_path / "eval"
     capsys.readouterr()
     assert train_main(["evaluate", str(release / "registry.json"), str(distill), "-o", str(report)]) == 0
-    data = json.loads((report / "evaluation.json").read_text())
+    data = json.loads((report / "evaluation.json").read_text(encoding="utf-8"))
     assert "ct_sm_val" in data["cases"] and "liver" in data["cases"]["ct_sm_val"]
-    assert "| liver |" in (report / "evaluation.md").read_text()
+    assert "| liver |" in (report / "evaluation.md").read_text(encoding="utf-8")
 
 
 def test_resume_after_sigkill_reproduces_an_uninterrupted_run(tmp_path, shared_data):

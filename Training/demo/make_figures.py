@@ -55,7 +55,7 @@ def comparison(runs: Path, output: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.27
     for i, (title, run) in enumerate(models.items()):
-        summary = json.loads((runs / "eval" / run / "evaluation.json").read_text())["summary"]
+        summary = json.loads((runs / "eval" / run / "evaluation.json").read_text(encoding="utf-8"))["summary"]
         values = [summary.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
         ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)
     ax.set_xticks(range(len(organs)))

@@ -74,7 +74,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if not path:
             raise SystemExit(f"kdseg-train export: --compare expects NAME=EVALUATION_JSON, got {item!r}")
         comparisons[name] = Path(path)
-    extra = json.loads(Path(args.metrics_json).read_text()) if args.metrics_json else None
+    extra = json.loads(Path(args.metrics_json).read_text(encoding="utf-8")) if args.metrics_json else None
     registry = export_release(args.run, args.release, model_id=args.model_id, title=args.title,
                               version=args.version, evaluation=args.evaluation, default=True,
                               comparisons=comparisons, extra_metrics=extra, intended_use=args.intended_use,
@@ -87,7 +87,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_release
 
     report = evaluate_release(args.registry, args.config, args.output, model_id=args.model_id)
-    print(report.read_text())
+    print(report.read_text(encoding="utf-8"))
     return 0
 
 

@@ -105,15 +105,15 @@ def evaluate_release(registry: Path, config_path: Path, output: Path, model_id: 
     report = {"model_id": segmenter.card.id, "protocol": "organs with ground truth in a case; HD95 in voxels "
               "(TransUNet) and mm (MONAI, spacing-aware)", "cases": cases, "summary": summary}
     output.mkdir(parents=True, exist_ok=True)
-    (output / "evaluation.json").write_text(json.dumps(report, indent=2))
-    lines = [f"# Evaluation of {segmenter.card.id}", "", "| organ | Dice mean ± std | HD95 (vox) | HD95 (mm) | cases |",
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    lines = [f"# Evaluation of {segmenter.card.id}", "", "| organ | Dice mean +/- std | HD95 (vox) | HD95 (mm) | cases |",
              "|---|---|---|---|---|"]
     for name, s in summary.items():
-        lines.append(f"| {name} | {s['dice']['mean']:.3f} ± {s['dice']['std']:.3f} | "
+        lines.append(f"| {name} | {s['dice']['mean']:.3f} +/- {s['dice']['std']:.3f} | "
                      f"{s['hd95_voxels']['mean']:.1f} | {s['hd95_mm']['mean']:.1f} | {s['dice']['n']} |")
     lines += ["", "Means over cases where the organ is in the ground truth. HD95 (vox) follows the TransUNet "
               "protocol: a missed organ scores Dice 0 and HD95 0, so read HD95 together with Dice; HD95 (mm) is "
               "spacing-aware and undefined (nan) when the organ was missed."]
     md = output / "evaluation.md"
-    md.write_text("\n".join(lines) + "\n")
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return md

@@ -144,7 +144,7 @@ def export_safetensors(model: TransUNet, directory: Union[str, Path], extra: Dic
     if extra:
         config.update(extra)
     cfg_path, tmp = _atomic_target(directory / "config.json")
-    tmp.write_text(json.dumps(config, indent=2))
+    tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
     os.replace(tmp, cfg_path)
     return weights
 
@@ -154,7 +154,7 @@ def load_safetensors_model(directory: Union[str, Path]) -> TransUNet:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    meta = json.loads((directory / "config.json").read_text())
+    meta = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     model = TransUNet(TransUNetConfig.from_dict(meta["config"]), meta["num_classes"], meta["img_size"],
                       meta["in_channels"])
     model.load_state_dict(load_file(str(directory / "model.safetensors")))

@@ -38,21 +38,21 @@ def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, 
     run_dir, release_dir = Path(run_dir), Path(release_dir)
     final = run_dir / "final"
     model = load_safetensors_model(final)
-    meta = json.loads((final / "config.json").read_text())
+    meta = json.loads((final / "config.json").read_text(encoding="utf-8"))
     file_name = f"{model_id}.onnx"
     onnx_path = export_onnx(model, release_dir / file_name, model.img_size)
     data = onnx_path.read_bytes()
-    run_config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    run_config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     training: Dict[str, Any] = {"architecture_config": meta["config"], "steps": meta.get("steps"),
                                 "kind": meta.get("kind"), "run_config_yaml": run_config}
     summary = run_dir / "summary.json"
     if summary.is_file():
-        training["summary"] = json.loads(summary.read_text())
+        training["summary"] = json.loads(summary.read_text(encoding="utf-8"))
     metrics: Dict[str, Any] = {}
     if evaluation is not None:
-        metrics = json.loads(Path(evaluation).read_text())
+        metrics = json.loads(Path(evaluation).read_text(encoding="utf-8"))
     if comparisons:
-        metrics["comparisons"] = {name: json.loads(Path(path).read_text())["summary"]
+        metrics["comparisons"] = {name: json.loads(Path(path).read_text(encoding="utf-8"))["summary"]
                                   for name, path in comparisons.items()}
     if extra_metrics:
         metrics.update(extra_metrics)

@@ -276,7 +276,7 @@ class Trainer:
         summary = {"steps": step, "wall_seconds_this_session": time.time() - started, "final": str(final)}
         if self.val_volumes:
             summary["validation"] = self.validate()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         self._write_figures(summary.get("validation"))
         return final
 

@@ -30,7 +30,7 @@ _SLICE = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
 def _names(root: Path, split: str, folder: str, suffix: str) -> List[str]:
     listing = root / "lists_Synapse" / f"{split}.txt"
     if listing.is_file():
-        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
     found = sorted(p.name[: -len(suffix)] for p in (root / folder).glob(f"*{suffix}"))
     if not found:
         raise FileNotFoundError(f"no {split} list at {listing} and no *{suffix} files in {root / folder}")
