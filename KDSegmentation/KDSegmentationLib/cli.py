@@ -10,7 +10,8 @@ import json
 import logging
 import os
 import sys
-import tempfile
+import secrets
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,7 +21,7 @@ from .progress import ProgressEvent, Stage
 
 __all__ = ["main", "build_parser"]
 
-_log = logging.getLogger("KDSegmentationLib")
+_UNITS = {Stage.DOWNLOADING: "B", Stage.INFERRING: "slice", Stage.POSTPROCESSING: "organ"}
 
 
 class _TqdmProgress:
@@ -40,7 +41,7 @@ class _TqdmProgress:
             self.close()
             self._stage = event.stage
             if event.total:
-                unit = "B" if event.stage == Stage.DOWNLOADING else "slice"
+                unit = _UNITS.get(event.stage, "step")
                 self._bar = tqdm(total=event.total, desc=event.stage.label(), unit=unit,
                                  unit_scale=event.stage == Stage.DOWNLOADING, file=sys.stderr, leave=False)
         if self._bar is not None and event.total:
@@ -53,30 +54,59 @@ class _TqdmProgress:
             self._bar = None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _structure_list(text: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated structure names, e.g. liver,spleen")
+    return names
+
+
+_EPILOG = """exit codes: 0 success, 1 unexpected error (a bug), 2 usage error, 3 bad input image,
+4 unknown model/structure or bad registry, 5 weights missing/download/checksum failure,
+6 requested device unavailable, 7 output cannot be written, 130 cancelled (Ctrl-C)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdseg", description="Abdominal organ segmentation of CT volumes "
-                                     "with a distilled lightweight TransUNet (ONNX Runtime).")
+                                     "with a distilled lightweight TransUNet (ONNX Runtime).", epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--registry", type=Path, default=None,
                         help="model registry JSON (default: the bundled Resources/Models/registry.json)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (input geometry, device choice)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    seg = sub.add_parser("segment", help="segment a CT volume")
+    seg = sub.add_parser("segment", help="segment a CT volume", epilog=_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = seg.add_mutually_exclusive_group(required=True)
     source.add_argument("input", nargs="?", type=Path,
                         help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM series folder")
     source.add_argument("--sample", action="store_true", help="segment the bundled sample CT")
-    seg.add_argument("-o", "--output", type=Path, required=True, help="label map to write (.nii.gz, .nrrd, ...)")
+    seg.add_argument("-o", "--output", type=Path, required=True,
+                     help="label map to write (.nii.gz, .nii, .nrrd or .mha)")
     seg.add_argument("--model", default=None, help="model id (default: the registry's default; see `kdseg models`)")
-    seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    seg.add_argument("--structures", default=None, help="comma-separated structures to keep, e.g. liver,spleen")
-    seg.add_argument("--batch-size", type=int, default=8, help="slices per inference call (default 8)")
-    seg.add_argument("--threads", type=int, default=None, help="CPU threads for inference")
+    seg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="inference device; auto uses CUDA only if a test inference on it works (default auto)")
+    seg.add_argument("--structures", type=_structure_list, default=None,
+                     help="comma-separated structures to keep, e.g. liver,spleen (default: all)")
+    seg.add_argument("--batch-size", type=_positive_int, default=8, help="slices per inference call (default 8)")
+    seg.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
     seg.add_argument("--no-postprocess", action="store_true",
                      help="skip largest-component selection and hole filling")
-    seg.add_argument("--volumes-json", type=Path, default=None, help="write per-organ volumes (mL) here")
-    seg.add_argument("--series", default=None, help="DICOM series instance UID when a folder holds several")
+    seg.add_argument("--volumes-json", type=Path, default=None,
+                     help="also write per-structure volumes (mL) and timings to this JSON file")
+    seg.add_argument("--series", default=None, metavar="UID",
+                     help="DICOM series instance UID when the input folder holds several series")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("models", help="list registered models and whether each is available offline")
@@ -87,55 +117,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_json_atomic(data: object, path: Path) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "x", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
+            handle.write("\n")
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror}.", "Choose a writable path.") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_json_path(path: Path) -> None:
+    parent = path.parent
+    if path.is_dir():
+        raise OutputError(f"--volumes-json {path} is a folder.", "Give a file name such as volumes.json.")
+    if not parent.is_dir():
+        raise OutputError(f"Folder {parent} for --volumes-json does not exist.", "Create it or choose another path.")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"Folder {parent} for --volumes-json is not writable.", "Choose a writable path.")
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .image_io import check_output_path
-    from .pipeline import SegmentationOptions, Segmenter, segment_file
+    from .image_io import check_output_path, read_image, write_image_atomic
+    from .intensity_checks import reject_unusable_values
+    from .pipeline import SegmentationOptions, Segmenter, segment_image, structure_label_values
+    from .registry import load_registry
     from .resources import sample_ct_path
 
-    if args.batch_size < 1:
-        raise SystemExit(f"kdseg segment: error: --batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"kdseg segment: error: --threads must be >= 1, got {args.threads}")
+    import SimpleITK as sitk
+
     source = sample_ct_path() if args.sample else args.input
+    # Everything that can be checked cheaply is checked before reading the volume,
+    # downloading weights or loading the model.
     check_output_path(args.output)
     if args.volumes_json is not None:
-        parent = args.volumes_json.parent if str(args.volumes_json.parent) else Path(".")
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise OutputError(f"Cannot write volumes JSON to {args.volumes_json}: folder {parent} "
-                              "is missing or not writable.", "Choose a writable path.")
-    structures = [s.strip() for s in args.structures.split(",") if s.strip()] if args.structures else None
+        _check_json_path(args.volumes_json)
+    registry = load_registry(args.registry)
+    card = registry.get(args.model)
+    structure_label_values(card, args.structures)
+
     progress = _TqdmProgress(enabled=not args.no_progress and sys.stderr.isatty())
+    timings = {}
     try:
-        segmenter = Segmenter.from_registry(args.model, device=args.device, threads=args.threads,
-                                            registry=args.registry, progress=progress)
-        options = SegmentationOptions(structures=structures, postprocess=not args.no_postprocess,
+        start = time.perf_counter()
+        image = read_image(source, args.series)
+        reject_unusable_values(sitk.GetArrayViewFromImage(image), "input")
+        timings["read"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        segmenter = Segmenter.from_registry(card.id, device=args.device, threads=args.threads,
+                                            registry=registry, progress=progress)
+        timings["load"] = time.perf_counter() - start
+
+        options = SegmentationOptions(structures=args.structures, postprocess=not args.no_postprocess,
                                       batch_size=args.batch_size)
-        result = segment_file(source, args.output, segmenter, options, series_uid=args.series, progress=progress)
+        result = segment_image(image, segmenter, options, progress=progress)
+        timings.update(result.timings)
+        del image
+
+        start = time.perf_counter()
+        write_image_atomic(result.labels, args.output)
+        timings["write"] = time.perf_counter() - start
     finally:
         progress.close()
+    if args.volumes_json is not None:
+        _write_json_atomic({"model": result.model_id, "device": result.device, "input": str(source),
+                            "output": str(args.output), "volumes_ml": result.volumes_ml, "timings_s": timings,
+                            "warnings": result.warnings}, args.volumes_json)
     print(f"Segmented {source} with {result.model_id} on {result.device.upper()} -> {args.output}")
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     print("Volumes (mL):")
     for name, volume in result.volumes_ml.items():
         print(f"  {name:<14} {volume:10.1f}")
-    total = sum(result.timings.values())
-    print("Timing (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()) + f", total {total:.2f}")
-    if args.volumes_json is not None:
-        _write_json_atomic({"model": result.model_id, "input": str(source), "output": str(args.output),
-                            "volumes_ml": result.volumes_ml, "timings_s": result.timings}, args.volumes_json)
+    print("Timing (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
+          + f", total {sum(timings.values()):.2f}")
     return EXIT_OK
 
 
@@ -146,10 +203,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     registry = load_registry(args.registry)
     if not registry.models:
         print(f"No models in {registry.path}. Train and export one with `kdseg-train` "
-              "(see Training/README.md).")
+              "(see Training/README.md) and pass its registry with --registry.")
         return EXIT_OK
+    print(f"Models in {registry.path}:")
     for card in registry.models.values():
-        offline = "available offline" if is_available_offline(card, registry.directory) else "needs download"
+        if is_available_offline(card, registry.directory):
+            offline = "available offline"
+        else:
+            offline = f"needs download ({card.size_bytes / 1e6:.1f} MB: kdseg download {card.id})"
         default = " (default)" if card.id == (registry.default_model_id or registry.ids()[0]) else ""
         print(f"{card.id}{default}: {card.title} v{card.version} - {offline}")
         print(f"    {card.description}")
@@ -173,14 +234,28 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _StderrHandler(logging.Handler):
+    """Writes "warning: ..." lines to the current ``sys.stderr`` (which tests may swap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``kdseg`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    except SystemExit as exc:  # --help/--version (0) or a usage error (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logger = logging.getLogger("KDSegmentationLib")
+    handler = _StderrHandler(logging.INFO if args.verbose else logging.WARNING)
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(handler.level)
     commands = {"segment": _cmd_segment, "models": _cmd_models, "download": _cmd_download}
     try:
         return commands[args.command](args)
@@ -188,20 +263,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; no output was written.", file=sys.stderr)
+        print("error: interrupted (Ctrl-C); no output was written.", file=sys.stderr)
         return EXIT_CANCELLED
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except MemoryError:
+        print("error: out of memory. Close other programs, use a smaller --batch-size, or crop the volume.",
+              file=sys.stderr)
+        return EXIT_UNEXPECTED
     except Exception as exc:  # a bug: say so plainly instead of a bare traceback
-        _log.debug("unexpected error", exc_info=True)
-        print(f"error: unexpected {type(exc).__name__}: {exc} (please report this; rerun with -v for "
-              "details)", file=sys.stderr)
         if args.verbose:
             raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (a bug; please report it with the output of "
+              "the same command run with -v)", file=sys.stderr)
         return EXIT_UNEXPECTED
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,36 @@
-"""Reading CT volumes (NIfTI, NRRD, MHA, DICOM series folders) and writing label maps atomically."""
+"""Reading CT volumes (NIfTI, NRRD, MHA, DICOM series folders) and writing label maps atomically.
+
+Reading validates what the pipeline needs: one 3D, single-component volume. Every
+failure is an :class:`~KDSegmentationLib.errors.InputImageError` naming the file and
+the fix, never a raw ITK exception. Writing goes through a temporary file in the
+target folder and a rename, so a failure or Ctrl-C never leaves a partial file and
+an existing file is only replaced by a complete one.
+"""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
-import tempfile
+import re
+import secrets
+import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError, OutputError
 
-__all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_ct_intensities",
+__all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
            "check_output_path", "write_image_atomic"]
 
 _log = logging.getLogger("KDSegmentationLib")
-WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 PathLike = Union[str, Path]
+# How deep to look for DICOM series below a folder that has none itself (a typical
+# export is PATIENT/STUDY/SERIES/*.dcm).
+_DICOM_SEARCH_DEPTH = 3
 
 
 def _suffix(path: Path) -> str:
@@ -29,8 +41,23 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _looks_like_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
-    """(series instance UID, number of files, series description) for each series in ``folder``."""
+    """Each DICOM series directly in ``folder``: (series instance UID, number of files, description).
+
+    Args:
+        folder: a folder of DICOM files (not searched recursively).
+
+    Returns:
+        One tuple per series, in GDCM's order; empty if the folder has no readable series.
+    """
     series = []
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
@@ -47,9 +74,26 @@ def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
     return series
 
 
+def _folders_with_series(folder: Path) -> List[Path]:
+    found = []
+    for root, dirs, _files in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        if depth >= _DICOM_SEARCH_DEPTH:
+            dirs[:] = []
+        dirs.sort()
+        if depth and sitk.ImageSeriesReader.GetGDCMSeriesIDs(root):
+            found.append(Path(root))
+    return found
+
+
 def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     series = list_dicom_series(folder)
     if not series:
+        below = _folders_with_series(folder)
+        if below:
+            listing = ", ".join(str(p) for p in below[:10]) + (" ..." if len(below) > 10 else "")
+            raise InputImageError(f"Folder {folder} holds no DICOM files itself; its subfolders {listing} "
+                                  "contain DICOM series.", "Pass the folder of the one series to segment.")
         raise InputImageError(f"No DICOM series found in folder {folder}.",
                               "Point to a folder that contains the .dcm files of one CT series, or to a "
                               "NIfTI/NRRD/MHA file.")
@@ -57,11 +101,11 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
         if len(series) > 1:
             listing = "; ".join(f"{uid} ({n} files{', ' + d if d else ''})" for uid, n, d in series)
             raise InputImageError(f"Folder {folder} contains {len(series)} DICOM series: {listing}.",
-                                  "Choose one with --series UID.")
+                                  "Choose one with --series UID (in Python: read_image(folder, series_uid=UID)).")
         series_uid = series[0][0]
     elif series_uid not in [s[0] for s in series]:
         raise InputImageError(f"DICOM series {series_uid} is not in {folder}.",
-                              f"Available series: {', '.join(s[0] for s in series)}.")
+                              f"Choose one of: {', '.join(s[0] for s in series)}.")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     try:
@@ -72,11 +116,16 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
 
 
 def _first_line(exc: Exception) -> str:
+    """The informative line of an ITK exception (not the C++ source location)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [re.sub(r"^(Exception thrown in SimpleITK \w+: )?\S+\.(cxx|hxx|h):\d+:\s*", "", line)
+             for line in lines]
+    lines = [re.sub(r"^(ITK ERROR|itk::ERROR|sitk::ERROR):\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", line)
+             for line in lines if line]
     for line in lines:
-        if "error" in line.lower() or "exception" in line.lower() or "unable" in line.lower():
-            return line[:300]
-    return lines[-1][:300] if lines else type(exc).__name__
+        if any(word in line.lower() for word in ("error", "unable", "could not", "cannot", "fail")):
+            return line[:300].rstrip(":. ")
+    return lines[-1][:300].rstrip(":. ") if lines else type(exc).__name__
 
 
 def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
@@ -86,13 +135,17 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
         path: NIfTI/NRRD/MHA/any SimpleITK file, or a folder holding a DICOM series.
         series_uid: which series to read when a folder holds several.
 
+    Returns:
+        The image as stored (any orientation, voxel type as in the file; DICOM values
+        rescaled to HU by GDCM).
+
     Raises:
         InputImageError: missing path, unreadable/corrupt file, empty DICOM folder,
             several series without a choice, 2D, 4D, vector or RGB image.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
-        raise InputImageError(f"Input {path} does not exist.", "Check the path.")
+        raise InputImageError(f"Input {path} does not exist.", "Check the path and its spelling.")
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     else:
@@ -103,15 +156,15 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
         except RuntimeError as exc:
             raise InputImageError(f"Cannot read {path} as an image: {_first_line(exc)}.",
                                   "Use a valid NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder.") from None
-    _check_shape(image, path)
+    single_dicom_file = path.is_file() and _looks_like_dicom_file(path)
+    check_volume_shape(image, str(path), single_dicom_file)
+    _log.info("Read %s: size %s, spacing %s mm, %s", path, image.GetSize(),
+              tuple(round(s, 3) for s in image.GetSpacing()), image.GetPixelIDTypeAsString())
     return image
 
 
 def _check_gzip_complete(path: Path) -> None:
     """ITK zero-fills a truncated .gz stream without an error, so verify the stream first."""
-    import gzip
-    import zlib
-
     try:
         with gzip.open(path, "rb") as handle:
             while handle.read(1 << 24):
@@ -121,81 +174,95 @@ def _check_gzip_complete(path: Path) -> None:
                               "Copy or download the file again.") from None
 
 
-def _check_shape(image: sitk.Image, path: Path) -> None:
+def check_volume_shape(image: sitk.Image, source: str = "The input", single_dicom_file: bool = False) -> None:
+    """Raise unless ``image`` is a 3D single-component volume with at least 2 slices.
+
+    Args:
+        image: the image to check.
+        source: how messages name it (a path, or e.g. "The input").
+        single_dicom_file: the image came from one DICOM file (the hint then says to
+            pass the series folder).
+
+    Raises:
+        InputImageError: vector/RGB, 2D, 4D or single-slice images.
+    """
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(
-            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a vector or RGB "
+            f"{source} has {image.GetNumberOfComponentsPerPixel()} components per voxel (a vector or RGB "
             "image); a CT volume has one.", "Use the grey-value CT volume.")
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 4:
-        raise InputImageError(f"{path} is a 4D image of size {size}; a single 3D CT volume is needed.",
+        raise InputImageError(f"{source} is a 4D image of size {size}; a single 3D CT volume is needed.",
                               "Extract one time point/volume first.")
+    whole = ("Pass the folder that holds the whole DICOM series." if single_dicom_file
+             else "Use the whole CT volume, not a single slice or a screenshot.")
     if dim != 3:
-        raise InputImageError(f"{path} is a {dim}D image of size {size}; a 3D CT volume is needed.",
-                              "Use the whole CT volume, not a single slice or a screenshot.")
+        raise InputImageError(f"{source} is a {dim}D image of size {size}; a 3D CT volume is needed.", whole)
     if min(size) < 2 or sorted(size)[1] < 16:
-        raise InputImageError(f"{path} has size {size}: a single slice or a line, not a 3D CT volume.",
-                              "Use the whole CT volume.")
-
-
-def check_ct_intensities(array: np.ndarray, source: str = "input") -> List[str]:
-    """Reject NaN/inf and constant volumes; return warnings when values do not look like HU.
-
-    Raises:
-        InputImageError: non-finite values or a constant volume.
-    """
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise InputImageError(f"The {source} contains {bad} NaN or infinite voxel values.",
-                              "Repair or re-export the volume (e.g. replace NaN by -1024 HU).")
-    low, high = float(array.min()), float(array.max())
-    if low == high:
-        raise InputImageError(f"The {source} is constant (every voxel is {low:g}); there is nothing to segment.",
-                              "Check that the right volume was loaded.")
-    warnings = []
-    if high <= 1.0 + 1e-6 and low >= -1.0 - 1e-6:
-        warnings.append(f"The {source}'s intensities lie in [{low:g}, {high:g}], which looks normalised, not "
-                        "Hounsfield units; the model expects raw CT HU and results will be poor.")
-    elif low >= 0 and high <= 255 and array.dtype == np.uint8:
-        warnings.append(f"The {source} is 8-bit [{low:g}, {high:g}]: probably a screenshot or an "
-                        "intensity-rescaled image, not CT in Hounsfield units; results will be poor.")
-    elif low > -200:
-        warnings.append(f"The {source}'s lowest value is {low:g}: CT in Hounsfield units contains air "
-                        "(about -1000 HU). This may be MR or a rescaled image; results will be poor.")
-    for text in warnings:
-        _log.warning(text)
-    return warnings
+        raise InputImageError(f"{source} has size {size}: a single slice or a line, not a 3D CT volume.", whole)
 
 
 def check_output_path(path: PathLike) -> Path:
-    """Fail early (before any computation) if ``path`` cannot be written."""
-    path = Path(path)
+    """Fail early (before any computation) if ``path`` cannot be written.
+
+    Raises:
+        OutputError: unsupported extension, missing or read-only folder, path is a folder.
+    """
+    path = Path(path).expanduser()
     if _suffix(path) not in WRITABLE_SUFFIXES:
         raise OutputError(f"Output {path} has an unsupported extension.",
                           f"Use one of {', '.join(WRITABLE_SUFFIXES)}.")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"Output folder {parent} is a file, not a folder.", "Choose another output path.")
     if not parent.is_dir():
         raise OutputError(f"Output folder {parent} does not exist.", "Create it or choose another output path.")
     if path.is_dir():
         raise OutputError(f"Output {path} is a folder.", "Give a file name such as seg.nii.gz.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"Output folder {parent} is not writable.", "Choose a folder you can write to.")
+    # Creating a file is the only reliable test: os.access() says yes to root on
+    # read-only mounts and pseudo file systems, and ignores ACLs.
+    probe = _temporary_name(path)
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"Output folder {parent} is not writable ({exc.strerror}).",
+                          "Choose a folder you can write to.") from None
+    os.unlink(probe)
     return path
 
 
+def _temporary_name(path: Path) -> Path:
+    """A hidden sibling of ``path`` that keeps its extension (which selects the ITK writer)."""
+    return path.parent / f".{path.name.split('.')[0]}.{secrets.token_hex(6)}.part{_suffix(path)}"
+
+
 def write_image_atomic(image: sitk.Image, path: PathLike) -> Path:
-    """Write via a temporary file in the same folder and rename, so no partial file is ever left."""
+    """Write ``image`` (compressed) via a temporary file in the same folder and an atomic rename.
+
+    On any failure, including KeyboardInterrupt, the temporary file is removed and an
+    existing file at ``path`` is left as it was.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: the path cannot be written (see :func:`check_output_path`), the
+            disk is full or permission is denied.
+    """
     path = check_output_path(path)
-    suffix = _suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name.split(".")[0] + ".", suffix=".tmp" + suffix,
-                               dir=str(path.parent))
-    os.close(fd)
+    tmp = str(_temporary_name(path))
     try:
+        # Created here so that a folder that cannot be written fails with the OS's reason
+        # (ITK's writers report it only on stderr), and with the user's umask (not mkstemp's 0600).
+        with open(tmp, "xb"):
+            pass
         sitk.WriteImage(image, tmp, useCompression=True)
         os.replace(tmp, path)
-    except RuntimeError as exc:
-        raise OutputError(f"Cannot write {path}: {_first_line(exc)}.", "Check free disk space and permissions.") from None
+    except (RuntimeError, OSError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        raise OutputError(f"Cannot write {path}: {reason}.", "Check free disk space and permissions.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

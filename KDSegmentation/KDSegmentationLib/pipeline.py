@@ -1,9 +1,15 @@
 """The segmentation pipeline: one function for the CLI, the Slicer module and evaluation.
 
 CT (any orientation) -> canonical LPS axial slices -> HU window -> resize to the model
-grid -> ONNX Runtime in batches -> logits resized back to the slice grid -> argmax
--> optional structure subset, largest component, hole filling -> label map with the
-input's exact size, spacing, origin and direction.
+grid -> ONNX Runtime in batches -> each class's logits resized back to the slice grid
+-> argmax -> optional structure subset, largest component, hole filling -> label map
+with the input's exact size, spacing, origin and direction.
+
+Memory stays bounded for large CTs: slices are windowed and resized batch by batch,
+and at full resolution only the uint8 label map and one batch's running class
+maximum exist, never a (C, Z, Y, X) float volume. Nothing here prints or keeps
+global state, so the Slicer module can run it in a worker thread; progress goes to
+a callback and cancellation is checked between batches.
 """
 
 from __future__ import annotations
@@ -18,17 +24,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from .engine import InferenceEngine
-from .errors import InputImageError
-from .image_io import check_ct_intensities, check_output_path, read_image, write_image_atomic
-from .orientation import from_canonical, to_canonical
-from .postprocessing import keep_structures, label_volumes_ml, largest_component_and_fill
+from .errors import RegistryError
+from .image_io import check_output_path, check_volume_shape, read_image, write_image_atomic
+from .intensity_checks import check_ct_intensities
+from .orientation import CANONICAL_ORIENTATION, from_canonical, orientation_code, to_canonical
+from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
 from .progress import CancelToken, ProgressCallback, Stage, report
 from .registry import ModelCard, ModelRegistry, load_registry
-from .slice_resampling import resize_channels, resize_slices
+from .slice_resampling import argmax_resized, resize_slices
+from .volumes import label_volumes_ml
 from .weights import resolve_weights
 
-__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "segment_image", "segment_file"]
+__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "segment_image", "segment_file",
+           "structure_label_values"]
 
 _log = logging.getLogger("KDSegmentationLib")
 
@@ -38,8 +47,8 @@ class SegmentationOptions:
     """User choices for one run.
 
     Args:
-        structures: names of structures to keep (None: all).
-        postprocess: keep each organ's largest connected component and fill holes.
+        structures: names of structures to keep (None: all the model segments).
+        postprocess: keep each organ's largest connected component and fill its holes.
         batch_size: slices per ONNX Runtime call.
     """
 
@@ -48,13 +57,25 @@ class SegmentationOptions:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        if isinstance(self.structures, str):
+            raise ValueError("structures must be a sequence of names, e.g. ['liver', 'spleen'], not a string")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
 class SegmentationResult:
-    """Label map on the input grid, per-organ volumes (mL), stage timings (s)."""
+    """Outcome of one run.
+
+    Args:
+        labels: uint8 label map with the input's size, spacing, origin and direction.
+        volumes_ml: volume of each kept structure in millilitres (0.0 if not found).
+        timings: seconds per stage ("preprocess", "infer", "postprocess"; `segment_file`
+            adds "read" and "write").
+        model_id: registry id of the model used.
+        device: "cpu" or "cuda".
+        warnings: doubts about the input (e.g. intensities that are not HU).
+    """
 
     labels: sitk.Image
     volumes_ml: Dict[str, float]
@@ -65,36 +86,87 @@ class SegmentationResult:
 
 
 class Segmenter:
-    """A model card and its loaded inference engine (reuse it across volumes)."""
+    """A model card and its inference engine; create once, reuse for many volumes.
+
+    Args:
+        card: the model's registry entry (input spec, labels).
+        engine: anything with ``run(batch (N, 1, H, W) float32) -> logits (N, C, H, W)`` and
+            a ``device`` attribute, normally an :class:`InferenceEngine`.
+
+    Raises:
+        RegistryError: the card asks for an input this version cannot produce.
+    """
 
     def __init__(self, card: ModelCard, engine: InferenceEngine) -> None:
-        if card.input.channels != 1:
-            raise InputImageError(f"Model {card.id} expects {card.input.channels}-channel input; CT has one.",
-                                  "Choose a CT model.")
+        spec = card.input
+        if spec.channels != 1:
+            raise RegistryError(f"Model {card.id} expects {spec.channels}-channel input; CT slices have one.",
+                                "Choose a single-channel CT model (see `kdseg models`).")
+        if spec.normalization != "window_to_unit":
+            raise RegistryError(f"Model {card.id} uses normalization {spec.normalization!r}, which this "
+                                "version does not implement.", "Update KDSegmentation or choose another model.")
+        if spec.slice_orientation != CANONICAL_ORIENTATION:
+            raise RegistryError(f"Model {card.id} expects {spec.slice_orientation} slices; this version feeds "
+                                f"{CANONICAL_ORIENTATION}.", "Update KDSegmentation or choose another model.")
         self.card = card
         self.engine = engine
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
 
     @classmethod
     def from_registry(cls, model_id: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                       registry: Union[None, str, Path, ModelRegistry] = None, allow_download: bool = True,
                       progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
                       ) -> "Segmenter":
-        """Look up ``model_id``, obtain verified weights and open an engine on ``device``."""
+        """Look up ``model_id`` (None: the registry's default), obtain verified weights, open an engine.
+
+        Args:
+            model_id: registry id, or None for the default model.
+            device: "auto", "cpu" or "cuda".
+            threads: CPU threads for inference (None: ONNX Runtime's default).
+            registry: a loaded registry, a registry JSON path, or None for the bundled one.
+            allow_download: fetch weights that are neither bundled nor cached.
+            progress, cancel: forwarded to the download.
+
+        Raises:
+            RegistryError / ModelNotFoundError: bad registry or unknown id.
+            WeightsError: weights missing, not downloadable or failing verification.
+            DeviceError: ``device="cuda"`` without a working GPU.
+        """
         if not isinstance(registry, ModelRegistry):
             registry = load_registry(registry)
         card = registry.get(model_id)
         path = resolve_weights(card, registry.directory, allow_download=allow_download, progress=progress,
                                cancel=cancel)
-        report(progress, Stage.LOADING, 0, None, f"Loading {card.id} ({device})")
+        report(progress, Stage.LOADING, 0, None, f"Loading {card.id}")
         engine = InferenceEngine(path, device=device, threads=threads, input_name=card.input.input_name,
                                  output_name=card.input.output_name)
+        _log.info("Model %s v%s on %s (%s)", card.id, card.version, engine.device, engine.device_reason)
         return cls(card, engine)
 
 
-def _label_ids(card: ModelCard, structures: Optional[Sequence[str]]) -> List[int]:
+def structure_label_values(card: ModelCard, structures: Optional[Sequence[str]]) -> List[int]:
+    """Label values of ``structures`` (names or display names; None or empty: all foreground labels).
+
+    Raises:
+        ModelNotFoundError: a name the model does not segment (the message lists valid ones).
+    """
     if not structures:
         return [label.index for label in card.foreground_labels()]
     return sorted({card.label_by_name(name).index for name in structures})
+
+
+def _check_cancel(cancel: Optional[CancelToken]) -> None:
+    if cancel is not None:
+        cancel.raise_if_cancelled()
+
+
+def _model_input(hu_slices: np.ndarray, card: ModelCard) -> np.ndarray:
+    """(n, Y, X) HU -> (n, 1, H, W) float32 in the model's intensity range and grid."""
+    unit = window_to_unit(hu_slices, card.input.hu_window)
+    return resize_slices(unit, (card.input.height, card.input.width))[:, None]
 
 
 def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[SegmentationOptions] = None,
@@ -102,62 +174,80 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
                   ) -> SegmentationResult:
     """Segment a 3D CT image; the result has exactly ``image``'s geometry.
 
+    Args:
+        image: 3D single-component CT in Hounsfield units, any orientation and voxel type.
+        segmenter: model and engine (see :meth:`Segmenter.from_registry`).
+        options: structures, post-processing, batch size (default: all, on, 8).
+        progress: receives PREPROCESSING, INFERRING ("slice n of N"), POSTPROCESSING, DONE events.
+        cancel: checked between batches and organs.
+
+    Returns:
+        Label map, per-structure volumes, stage timings, model id, device and warnings.
+
     Raises:
-        InputImageError: not 3D single-channel, NaN/constant values.
+        InputImageError: not 3D single-component, NaN/inf or constant values.
         ModelNotFoundError: unknown structure name.
+        RegistryError: the model's output does not match its card.
         CancelledError: ``cancel`` was triggered (nothing is returned).
     """
     options = options or SegmentationOptions()
     card = segmenter.card
-    keep = _label_ids(card, options.structures)  # validate names before any work
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputImageError(f"Expected a 3D single-channel CT, got a {image.GetDimension()}D image with "
-                              f"{image.GetNumberOfComponentsPerPixel()} component(s).", "Use a CT volume.")
-    timings: Dict[str, float] = {}
+    keep = structure_label_values(card, options.structures)  # fail on bad names before any work
+    check_volume_shape(image, "The input")
+    timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
+
     start = time.perf_counter()
-    report(progress, Stage.PREPROCESSING, 0, None, "Reorienting and windowing")
+    report(progress, Stage.PREPROCESSING, 0, None, "Reorienting and checking intensities")
     canonical = to_canonical(image)
-    hu = sitk.GetArrayViewFromImage(canonical)
+    hu = sitk.GetArrayViewFromImage(canonical)  # (Z, Y, X), no copy
     warnings = check_ct_intensities(hu)
-    unit = window_to_unit(hu, card.input.hu_window)  # (Z, Y, X) float32
-    depth, height, width = unit.shape
-    timings["preprocess"] = time.perf_counter() - start
+    depth, height, width = hu.shape
+    _log.info("Input %s %s, spacing %s mm -> %d axial slices of %dx%d, model grid %dx%d",
+              orientation_code(image), image.GetSize(), tuple(round(s, 3) for s in image.GetSpacing()),
+              depth, height, width, card.input.height, card.input.width)
+    labels = np.zeros((depth, height, width), dtype=np.uint8)
+    timings["preprocess"] += time.perf_counter() - start
+
+    report(progress, Stage.INFERRING, 0, depth, f"slice 0 of {depth}")
+    for first in range(0, depth, options.batch_size):
+        _check_cancel(cancel)
+        last = min(first + options.batch_size, depth)
+        start = time.perf_counter()
+        batch = _model_input(hu[first:last], card)
+        timings["preprocess"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        logits = segmenter.engine.run(batch)
+        timings["infer"] += time.perf_counter() - start
+        expected = (last - first, card.num_classes, card.input.height, card.input.width)
+        if tuple(logits.shape) != expected:
+            raise RegistryError(f"Model {card.id} returned logits of shape {tuple(logits.shape)}; its registry "
+                                f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
+
+        # Class maps, not the small argmax, are interpolated so that boundaries are
+        # placed at the input's resolution.
+        start = time.perf_counter()
+        argmax_resized(logits, (height, width), out=labels[first:last])
+        timings["postprocess"] += time.perf_counter() - start
+        report(progress, Stage.INFERRING, last, depth, f"slice {last} of {depth}")
+    del hu
 
     start = time.perf_counter()
-    labels = np.zeros(unit.shape, dtype=np.uint8)
-    model_hw = (card.input.height, card.input.width)
-    batch = options.batch_size
-    for first in range(0, depth, batch):
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        last = min(first + batch, depth)
-        report(progress, Stage.INFERRING, first, depth, f"slice {first + 1}-{last} of {depth}")
-        model_in = resize_slices(unit[first:last], model_hw)[:, None]
-        logits = segmenter.engine.run(model_in)
-        if logits.shape[1] != card.num_classes:
-            raise InputImageError(f"Model {card.id} produced {logits.shape[1]} classes but its card lists "
-                                  f"{card.num_classes}.", "The registry entry does not match the ONNX file.")
-        # Interpolate logits, not the argmax, so boundaries are placed at full resolution.
-        labels[first:last] = resize_channels(logits, (height, width)).argmax(axis=-1)
-    report(progress, Stage.INFERRING, depth, depth, f"slice {depth} of {depth}")
-    if cancel is not None:
-        cancel.raise_if_cancelled()
-    timings["infer"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    report(progress, Stage.POSTPROCESSING, 0, None, "Cleaning up label map")
+    names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
     keep_structures(labels, keep)
-    spacing_zyx = tuple(reversed(canonical.GetSpacing()))
     if options.postprocess:
-        largest_component_and_fill(labels, spacing_zyx, keep)
-    if cancel is not None:
-        cancel.raise_if_cancelled()
+        for done, value in enumerate(keep):
+            _check_cancel(cancel)
+            report(progress, Stage.POSTPROCESSING, done, len(keep), f"largest component of {names[value]}")
+            largest_component_and_fill(labels, [value])
+        report(progress, Stage.POSTPROCESSING, len(keep), len(keep), "post-processing done")
+    _check_cancel(cancel)
+    volumes = label_volumes_ml(labels, canonical.GetSpacing(), names)
     label_image = sitk.GetImageFromArray(labels)
+    del labels
     label_image.CopyInformation(canonical)
     label_image = from_canonical(label_image, image)
-    names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
-    volumes = label_volumes_ml(labels, canonical.GetSpacing(), names)
-    timings["postprocess"] = time.perf_counter() - start
+    timings["postprocess"] += time.perf_counter() - start
     report(progress, Stage.DONE, 1, 1, "Done")
     return SegmentationResult(label_image, volumes, timings, card.id, segmenter.engine.device, warnings)
 
@@ -166,15 +256,31 @@ def segment_file(input_path: Union[str, Path], output_path: Union[str, Path], se
                  options: Optional[SegmentationOptions] = None, series_uid: Optional[str] = None,
                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
                  ) -> SegmentationResult:
-    """Read ``input_path``, segment it and write the label map atomically to ``output_path``."""
+    """Read ``input_path``, segment it and write the label map atomically to ``output_path``.
+
+    Args:
+        input_path: CT file or DICOM series folder (see :func:`read_image`).
+        output_path: label map to write (.nii.gz, .nii, .nrrd, .mha); checked before any work.
+        segmenter, options, progress, cancel: as for :func:`segment_image`.
+        series_uid: which DICOM series when the folder holds several.
+
+    Returns:
+        The :class:`SegmentationResult`, with "read" and "write" timings added.
+
+    Raises:
+        InputImageError, OutputError, CancelledError, ...: as for :func:`read_image`,
+            :func:`segment_image` and :func:`write_image_atomic`; no output file is left.
+    """
     check_output_path(output_path)
     start = time.perf_counter()
     report(progress, Stage.READING, 0, None, f"Reading {input_path}")
     image = read_image(input_path, series_uid)
     read_time = time.perf_counter() - start
     result = segment_image(image, segmenter, options, progress, cancel)
+    del image
     start = time.perf_counter()
     report(progress, Stage.WRITING, 0, None, f"Writing {output_path}")
     write_image_atomic(result.labels, output_path)
     result.timings = {"read": read_time, **result.timings, "write": time.perf_counter() - start}
+    report(progress, Stage.DONE, 1, 1, f"Wrote {output_path}")
     return result

@@ -1,0 +1,81 @@
+"""Is this volume CT in Hounsfield units? Hard failures for unusable values, warnings for doubtful ones.
+
+Models are trained on HU windowed to the card's range, so a volume that is not HU
+(normalised to [0, 1], an 8-bit export, MR, raw stored values without the DICOM
+rescale) gives a meaningless segmentation without any error. Those cases are
+recognised from the value range and reported as warnings; NaN/inf and constant
+volumes cannot be segmented at all and raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List
+
+import numpy as np
+
+from .errors import InputImageError
+
+__all__ = ["reject_unusable_values", "intensity_warnings", "check_ct_intensities"]
+
+_log = logging.getLogger("KDSegmentationLib")
+
+# Air is about -1000 HU; every CT of a body has some outside or in the lungs/bowel.
+# A lowest value above this threshold means the values are not HU (or the volume was
+# cropped to soft tissue, which the model was not trained on either).
+_NO_AIR_ABOVE_HU = -200.0
+
+
+def reject_unusable_values(array: np.ndarray, source: str = "input") -> None:
+    """Raise if ``array`` holds NaN/inf or a single value.
+
+    Raises:
+        InputImageError: non-finite values, or a constant volume.
+    """
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise InputImageError(f"The {source} contains {bad} NaN or infinite voxel values.",
+                                  "Repair or re-export the volume (e.g. replace NaN by -1024 HU).")
+    low, high = array.min(), array.max()
+    if low == high:
+        raise InputImageError(f"The {source} is constant (every voxel is {float(low):g}); there is nothing "
+                              "to segment.", "Check that the right volume was loaded.")
+
+
+def intensity_warnings(array: np.ndarray, source: str = "input") -> List[str]:
+    """Reasons to doubt that ``array`` is CT in Hounsfield units (empty list if it looks like HU)."""
+    low, high = float(array.min()), float(array.max())
+    found = f"values in [{low:g}, {high:g}]"
+    if low >= -1.0 and high <= 1.0:
+        return [f"The {source} has {found}: it looks normalised, not CT in Hounsfield units, so the "
+                "segmentation will be wrong. Use the original CT."]
+    if array.dtype == np.uint8 or (low >= 0 and high <= 255):
+        return [f"The {source} has {found} ({array.dtype}): it looks like an 8-bit export or a screenshot, "
+                "not CT in Hounsfield units, so the segmentation will be wrong. Use the original CT."]
+    if low > _NO_AIR_ABOVE_HU:
+        return [f"The {source} has {found} and no air (about -1000 HU): it may be MR, or CT stored without "
+                "its rescale intercept, so the segmentation will be wrong. Use a CT volume in Hounsfield "
+                "units."]
+    return []
+
+
+def check_ct_intensities(array: np.ndarray, source: str = "input") -> List[str]:
+    """:func:`reject_unusable_values`, then :func:`intensity_warnings` (each also logged).
+
+    Args:
+        array: the volume's voxel values, any shape.
+        source: how messages name the volume.
+
+    Returns:
+        Warning texts, empty when the values look like CT in HU.
+
+    Raises:
+        InputImageError: NaN/inf or constant values.
+    """
+    reject_unusable_values(array, source)
+    warnings = intensity_warnings(array, source)
+    for text in warnings:
+        _log.warning(text)
+    return warnings
