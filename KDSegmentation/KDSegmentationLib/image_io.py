@@ -16,7 +16,8 @@ import re
 import secrets
 import zlib
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
@@ -49,6 +50,23 @@ def _looks_like_dicom_file(path: Path) -> bool:
         return False
 
 
+@contextmanager
+def _itk_warnings_silenced() -> Iterator[None]:
+    """GDCM's series scan warns on stderr about folders without DICOM files; the caller
+    turns that case into one clear error instead."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _series_ids(folder: Union[str, Path]) -> Tuple[str, ...]:
+    with _itk_warnings_silenced():
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+
+
 def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
     """Each DICOM series directly in ``folder``: (series instance UID, number of files, description).
 
@@ -59,7 +77,7 @@ def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
         One tuple per series, in GDCM's order; empty if the folder has no readable series.
     """
     series = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
+    for uid in _series_ids(folder):
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
         description = ""
         try:
@@ -81,7 +99,7 @@ def _folders_with_series(folder: Path) -> List[Path]:
         if depth >= _DICOM_SEARCH_DEPTH:
             dirs[:] = []
         dirs.sort()
-        if depth and sitk.ImageSeriesReader.GetGDCMSeriesIDs(root):
+        if depth and _series_ids(root):
             found.append(Path(root))
     return found
 
