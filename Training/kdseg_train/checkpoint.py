@@ -1,45 +1,221 @@
-"""Atomic training checkpoints: model, optimiser, step and torch RNG state (dropout);
-data order and augmentation derive from (seed, epoch, index) and need no state in one file.
+"""Atomic, resumable training checkpoints that never unpickle code.
 
-Written with ``torch.save`` to a temporary file and renamed, so a crash mid-write
-never replaces a good checkpoint; read with ``torch.load(weights_only=True)``, so
-loading one never unpickles arbitrary objects.
+A checkpoint is a folder ``<run>/checkpoints/step-00000200/`` holding
+
+- ``weights.safetensors``: every trainable module (the network and the distillation
+  projections) as plain tensors;
+- ``state.pt``: optimiser, LR scheduler, AMP grad-scaler and the random-number states of
+  every process (torch CPU/CUDA, NumPy, Python), written with ``torch.save`` and read
+  back with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
+  containers;
+- ``meta.json``: step, world size, accumulated wall/CPU time (human readable).
+
+The folder is written under a temporary name and renamed when complete, then
+``checkpoints/latest.json`` is atomically replaced to point at it, so a process killed
+at any instant (SIGKILL included) leaves the previous checkpoint intact and loadable.
+Data order needs no saved state: batches are a pure function of (seed, step), see
+:mod:`kdseg_train.batch_plan`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["CheckpointError", "Checkpoint", "capture_rng_state", "restore_rng_state", "save_checkpoint",
+           "load_checkpoint", "latest_checkpoint", "prune_checkpoints"]
+
+WEIGHTS_FILE = "weights.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+LATEST_FILE = "latest.json"
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    extra_modules: Optional[torch.nn.Module] = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": torch.tensor(step),
-        "torch_rng": torch.get_rng_state(),
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the model being resumed."""
+
+
+@dataclass
+class Checkpoint:
+    """What a resumed run needs, as loaded from disk."""
+
+    path: Path
+    step: int
+    weights: Dict[str, torch.Tensor]
+    optimizer: Dict[str, Any]
+    scheduler: Dict[str, Any]
+    scaler: Optional[Dict[str, Any]]
+    rng_states: List[Dict[str, Any]]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """This process's random states as tensors and plain Python values (weights_only-safe)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss": py_gauss},
     }
-    if extra_modules is not None:
-        state["extra"] = extra_modules.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    extra_modules: Optional[torch.nn.Module] = None) -> int:
-    """Restore everything saved by :func:`save_checkpoint`; returns the step to continue from."""
-    state: Dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if extra_modules is not None and "extra" in state:
-        extra_modules.load_state_dict(state["extra"])
-    torch.set_rng_state(state["torch_rng"])
-    return int(state["step"])
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform/file system
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, scaler: Optional[Any], rng_states: List[Dict[str, Any]],
+                    meta: Optional[Dict[str, Any]] = None, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` under ``directory`` and point ``latest.json`` at it.
+
+    Args:
+        directory: the run's ``checkpoints`` folder.
+        step: optimiser steps completed.
+        module: everything with trainable state (its ``state_dict`` goes to safetensors).
+        optimizer / scheduler / scaler: their ``state_dict`` goes to ``state.pt``.
+        rng_states: one :func:`capture_rng_state` per process (index = rank).
+        meta: extra JSON-serialisable facts (world size, timing).
+        keep: how many most recent checkpoints to keep (>= 1).
+
+    Returns:
+        The checkpoint folder.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "rng_states": rng_states,
+        }
+        with open(tmp / STATE_FILE, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _write_json_atomic(tmp / META_FILE, dict(meta or {}, step=step))
+        _fsync_dir(tmp)
+        if final.exists():  # e.g. a SIGTERM checkpoint at a step that was just saved
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(directory)
+        _write_json_atomic(directory / LATEST_FILE, {"step": step, "checkpoint": final.name})
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    prune_checkpoints(directory, keep)
+    return final
+
+
+def _complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in (WEIGHTS_FILE, STATE_FILE, META_FILE))
+
+
+def latest_checkpoint(directory: Path) -> Optional[Path]:
+    """The newest complete checkpoint folder in ``directory``, or None.
+
+    ``latest.json`` is trusted when it names a complete folder; otherwise (written by an
+    older run, or hand-edited) the highest complete ``step-*`` folder is used.
+    """
+    directory = Path(directory)
+    pointer = directory / LATEST_FILE
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+            if _complete(directory / name):
+                return directory / name
+        except (ValueError, KeyError, TypeError):
+            pass
+    candidates = sorted(p for p in directory.glob("step-*") if p.is_dir() and _complete(p))
+    return candidates[-1] if candidates else None
+
+
+def prune_checkpoints(directory: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints and any stale temporary folders."""
+    directory = Path(directory)
+    current = latest_checkpoint(directory)
+    complete = sorted(p for p in directory.glob("step-*") if p.is_dir() and _complete(p))
+    for old in complete[:-max(1, keep)]:
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in directory.glob(".step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint folder (no code is unpickled: safetensors + ``weights_only=True``).
+
+    Raises:
+        CheckpointError: the folder is incomplete or unreadable.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not _complete(path):
+        raise CheckpointError(f"checkpoint {path} is incomplete (needs {WEIGHTS_FILE}, {STATE_FILE}, {META_FILE})")
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except Exception as exc:  # corrupt file: say which and what to do
+        raise CheckpointError(f"checkpoint {path} cannot be read ({exc}); delete that folder to resume from "
+                              "the previous checkpoint") from exc
+    return Checkpoint(path, int(state["step"]), weights, state["optimizer"], state["scheduler"], state["scaler"],
+                      list(state["rng_states"]), meta)

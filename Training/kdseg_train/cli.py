@@ -51,20 +51,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace, distill: bool) -> int:
-    from .config import load_config
-    from .trainer import Trainer, TrainingInterrupted
-
-    config = load_config(args.config, args.overrides)
-    try:
-        final = Trainer(config, distill=distill).run(resume=args.resume)
-    except TrainingInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
-    print(f"finished: weights in {final}")
-    return 0
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from .release import export_release
 
@@ -113,11 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.add_argument("--no-onnx-size", dest="onnx_size", action="store_false",
                         help="skip exporting each model to measure its ONNX size")
-    for name, help_text in (("train", "train a model (teacher or any config) with the segmentation loss"),
-                            ("distill", "train a student from a frozen teacher with distillation terms")):
-        p = sub.add_parser(name, help=help_text)
-        _add_config_args(p)
-        p.add_argument("--resume", action="store_true", help="continue from output/checkpoint.pt")
+    from .commands import train as train_command
+
+    train_command.register(sub)
     ev = sub.add_parser("evaluate", help="Dice/HD95 of an exported model through the Lib's ONNX pipeline")
     ev.add_argument("registry", type=Path, help="release registry.json")
     ev.add_argument("config", type=Path, help="YAML whose data.val lists the cases")
@@ -149,8 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     if args.command == "models":
         return _cmd_models(args)
-    if args.command in ("train", "distill"):
-        return _cmd_train(args, args.command == "distill")
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     if args.command == "export":
         return _cmd_export(args)
     if args.command == "convert":

@@ -1,25 +1,85 @@
-"""YAML run configuration with TransUNet defaults and ``--set key.path=value`` overrides."""
+"""Run configuration: TransUNet defaults, YAML files (with ``base:`` includes) and ``--set`` overrides.
+
+Every command reads one YAML file merged over :data:`DEFAULTS`; ``--set a.b=value``
+strings are applied last (values parsed as YAML, so ``optim.lr=0.005``,
+``train.amp=false`` and ``data.hu_window=[-100,240]`` have their natural types).
+Unknown sections and keys are refused with the list of valid ones, because a typo
+such as ``optim.learning_rate`` would otherwise silently train with the default.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
-__all__ = ["DEFAULTS", "load_config", "apply_overrides", "save_config"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "save_config"]
 
 DEFAULTS: Dict[str, Any] = {
-    "model": {"name": "teacher-r50-b16", "num_classes": 9, "img_size": 224},
-    "data": {"train": [], "val": [], "batch_size": 24, "augment": True, "hu_window": [-125, 275]},
+    "model": {
+        "name": "teacher-r50-b16",
+        "num_classes": 9,
+        "img_size": 224,
+        "in_channels": 1,
+        "pretrained": None,  # R50+ViT-B_16.npz (ImageNet-21k) for the teacher
+        "overrides": {},  # architecture fields, e.g. {dropout: 0.0}
+    },
+    "data": {
+        "train": [],
+        "val": [],
+        "batch_size": 24,  # global batch: split over the processes of a torchrun job
+        "num_workers": 0,
+        "augment": True,
+        "hu_window": [-125, 275],
+    },
+    "loss": {"ce_weight": 0.5, "dice_weight": 0.5},
     "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9},
-    "train": {"max_steps": 14000, "checkpoint_every": 200, "val_every": 500, "seed": 1234, "threads": None,
-              "amp": True},
-    "distill": {"teacher": None, "pixel_kd": {"weight": 0.0, "temperature": 4.0},
-                "attention_kd": {"weight": 0.0}},
+    "train": {
+        "max_steps": 14000,  # 150 epochs over the 2211 Synapse training slices at batch 24
+        "seed": 1234,
+        "device": "auto",  # auto | cpu | cuda
+        "amp": "auto",  # auto (on for CUDA) | true | false
+        "threads": None,  # torch.set_num_threads; None keeps PyTorch's choice
+        "checkpoint_every": 200,
+        "keep_checkpoints": 2,
+        "val_every": 500,
+        "log_every": 1,
+        "tensorboard": True,
+        "figures": True,
+    },
+    "distill": {"teacher": None},
+    "evaluate": {
+        "backend": "onnx",  # onnx: the Lib's pipeline (what Slicer runs) | pytorch: the run's weights
+        "cases": None,  # list of case entries; None uses data.val
+        "postprocess": False,  # the Lib's largest-component + hole filling (TransUNet evaluates raw argmax)
+        "output": None,  # default <output>/evaluation
+        "batch_size": 8,
+    },
+    "export": {
+        "release": None,  # default <output>/release
+        "model_id": None,
+        "title": None,
+        "version": "0.1.0",
+        "description": None,
+        "intended_use": "Research and demonstration use; not for clinical decisions.",
+        "evaluation": None,  # default <evaluate.output>/evaluation.json when it exists
+        "default": True,
+        "training_data": None,  # free text for the model card; default lists data.train
+    },
     "output": "runs/run",
 }
+
+# Sections whose keys are open: architecture overrides and distillation terms are
+# validated by the code that consumes them (create_model, the distillation criterion).
+_OPEN_SECTIONS = {("model", "overrides"), ("distill",)}
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key and the fix."""
 
 
 def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
@@ -33,38 +93,74 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def apply_overrides(config: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML: numbers, lists, null...)."""
+    """Apply ``a.b.c=value`` strings; the value is parsed as YAML (numbers, booleans, lists, null)."""
     config = copy.deepcopy(config)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.path=value")
-        key, raw = item.split("=", 1)
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.005")
         node = config
         parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
     return config
 
 
+def validate_config(config: Dict[str, Any], path: str = "") -> None:
+    """Refuse keys that :data:`DEFAULTS` does not know (outside the open sections)."""
+    _check_keys(config, DEFAULTS, ())
+
+
+def _check_keys(node: Dict[str, Any], reference: Dict[str, Any], where: tuple) -> None:
+    if where in _OPEN_SECTIONS:
+        return
+    for key, value in node.items():
+        if key not in reference:
+            name = ".".join(where + (key,))
+            valid = ", ".join(sorted(reference))
+            raise ConfigError(f"unknown config key {name!r}; valid keys{' of ' + '.'.join(where) if where else ''}: "
+                              f"{valid}")
+        if isinstance(reference[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {'.'.join(where + (key,))!r} must be a section (a mapping), "
+                                  f"got {value!r}")
+            _check_keys(value, reference[key], where + (key,))
+
+
 def load_config(path: Optional[Path], overrides: Iterable[str] = ()) -> Dict[str, Any]:
-    """Defaults, then the YAML file (after its ``base:`` files), then the overrides."""
+    """Defaults, then the YAML file (after the files its ``base:`` names), then the overrides.
+
+    Raises:
+        FileNotFoundError: the YAML file (or a base) does not exist.
+        ConfigError: malformed YAML, unknown keys or malformed overrides.
+    """
     config = DEFAULTS
     if path is not None:
         config = _merge(DEFAULTS, _read_with_bases(Path(path)))
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    validate_config(config)
+    return config
 
 
 def _read_with_bases(path: Path, depth: int = 0) -> Dict[str, Any]:
-    """A YAML file merged over the files its ``base:`` entry names (relative to it)."""
     if depth > 8:
-        raise ValueError(f"config {path}: too many nested base files")
-    with open(path, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle) or {}
+        raise ConfigError(f"config {path}: more than 8 nested base: files (a cycle?)")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"config {path} must be a mapping")
+        raise ConfigError(f"config {path} must be a YAML mapping of sections (model:, data:, ...)")
     bases = loaded.pop("base", None) or []
     merged: Dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
@@ -72,6 +168,16 @@ def _read_with_bases(path: Path, depth: int = 0) -> Dict[str, Any]:
     return _merge(merged, loaded)
 
 
-def save_config(config: Dict[str, Any], path: Path) -> None:
+def save_config(config: Dict[str, Any], path: Path) -> Path:
+    """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(config, handle, sort_keys=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

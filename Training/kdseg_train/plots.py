@@ -1,16 +1,16 @@
-"""PNG reports of a run: loss curves, per-organ validation Dice, prediction overlays."""
+"""PNG figures of a run: loss curves, validation Dice over steps and per organ, prediction overlays."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
 
-__all__ = ["plot_losses", "plot_validation_dice", "save_overlay"]
+__all__ = ["plot_losses", "plot_validation_curve", "plot_validation_dice", "save_overlay"]
 
 
 def _pyplot():
@@ -22,23 +22,30 @@ def _pyplot():
     return plt
 
 
+def _read(path: Path) -> List[Dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
 def plot_losses(train_log: Path, output: Path) -> Path:
-    """Total and per-term training loss against step (moving average over 10 steps)."""
+    """Every loss term against step (raw and a moving average), log scale."""
     plt = _pyplot()
-    with open(train_log, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    steps = np.array([int(r["step"]) for r in rows])
+    rows = _read(train_log)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for term in [k for k in rows[0] if k not in ("step", "lr", "seconds")]:
-        values = np.array([float(r[term]) for r in rows])
-        if not values.any():
-            continue
-        smooth = np.convolve(values, np.ones(10) / 10, mode="valid") if len(values) >= 10 else values
-        ax.plot(steps[len(steps) - len(smooth):], smooth, label=term)
+    if rows:
+        steps = np.array([int(r["step"]) for r in rows])
+        window = max(1, min(25, len(rows) // 10))
+        for term in [k for k in rows[0] if k not in ("step", "epoch", "lr", "seconds")]:
+            values = np.array([float(r[term]) for r in rows])
+            if not np.any(values > 0):
+                continue
+            line = ax.plot(steps, values, alpha=0.25, linewidth=0.8)[0]
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, color=line.get_color(), label=term)
+        ax.set_yscale("log")
+        ax.legend()
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (10-step mean)")
-    ax.set_yscale("log")
-    ax.legend()
+    ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
@@ -46,39 +53,67 @@ def plot_losses(train_log: Path, output: Path) -> Path:
     return output
 
 
-def plot_validation_dice(metrics: Dict[str, float], output: Path, title: str = "Validation Dice") -> Path:
-    """Bar chart of the ``<case>/dice_<k>`` entries of a validation result."""
+def plot_validation_curve(val_log: Path, output: Path) -> Path:
+    """Mean and per-(case, organ) validation Dice against step."""
     plt = _pyplot()
-    names = {organ.index: organ.name for organ in SYNAPSE_ORGANS}
-    keys = [k for k in metrics if "/dice_" in k]
-    labels = [f"{k.split('/')[0][:18]}\n{names[int(k.rsplit('_', 1)[1])]}" for k in keys]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(keys)), 4))
-    ax.bar(range(len(keys)), [metrics[k] for k in keys], color="tab:blue")
-    ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    rows = _read(val_log)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rows:
+        steps = [int(r["step"]) for r in rows]
+        for key in [k for k in rows[0] if k not in ("step", "mean_dice")]:
+            ax.plot(steps, [float(r[key]) for r in rows], linewidth=0.8, alpha=0.6, label=key)
+        ax.plot(steps, [float(r["mean_dice"]) for r in rows], color="black", linewidth=2.0, label="mean")
+        ax.legend(fontsize=6, ncol=2)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice")
-    ax.set_title(f"{title} (mean {metrics.get('mean_dice', float('nan')):.3f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation Dice")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=120)
     plt.close(fig)
     return output
 
 
-def save_overlay(image: np.ndarray, labels: np.ndarray, output: Path, reference: np.ndarray = None,
+def plot_validation_dice(validation: Dict[str, Any], output: Path, title: str = "Validation Dice") -> Path:
+    """Bar chart of per-case, per-organ Dice: ``{"mean_dice": m, "cases": {case: {organ: dice}}}``."""
+    plt = _pyplot()
+    items: List[Tuple[str, float]] = [(f"{case[:18]}\n{organ}", float(value))
+                                      for case, scores in validation["cases"].items()
+                                      for organ, value in scores.items()]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(items)), 4))
+    ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
+    ax.set_xticks(range(len(items)))
+    ax.set_xticklabels([k for k, _ in items], rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice")
+    ax.set_title(f"{title} (mean {validation.get('mean_dice', float('nan')):.3f})")
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def save_overlay(image: np.ndarray, labels: np.ndarray, output: Path, reference: Optional[np.ndarray] = None,
                  title: str = "") -> Path:
-    """One axial slice (values in [0, 1]) with organ colours overlaid; ground truth beside it if given."""
+    """One slice (values in [0, 1]; (H, W) grey or (3, H, W) RGB) with label colours; reference beside it."""
     plt = _pyplot()
     colours = np.zeros((256, 4))
+    palette = plt.get_cmap("tab10")
+    for index in range(1, 255):
+        colours[index] = (*palette(index % 10)[:3], 0.55)
     for organ in SYNAPSE_ORGANS:
         colours[organ.index] = (*[c / 255 for c in organ.color], 0.55)
-    panels: List[Sequence] = [("prediction", labels)] + ([("reference", reference)] if reference is not None else [])
+    shown = np.transpose(image, (1, 2, 0)) if image.ndim == 3 else image
+    panels: List[Sequence[Any]] = [("prediction", labels)]
+    if reference is not None:
+        panels.append(("reference", reference))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (name, lab) in zip(axes[0], panels):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-        shown = np.where(lab == 255, 0, lab).astype(int)
-        ax.imshow(colours[shown])
-        ax.set_title(f"{title} {name}".strip())
+        ax.imshow(np.clip(shown, 0, 1), cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
+        ax.imshow(colours[np.where(lab == 255, 0, lab).astype(int)])
+        if name == "reference" and (lab == 255).any():
+            ax.contour(lab == 255, levels=[0.5], colors="yellow", linewidths=0.5)
+        ax.set_title(f"{title} {name}".strip(), fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(output, dpi=120)

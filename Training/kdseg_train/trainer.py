@@ -1,303 +1,512 @@
-"""Training and distillation loop: SGD + poly schedule, periodic validation, atomic checkpoints, resume.
+"""Training and distillation loop behind ``kdseg-train train`` and ``kdseg-train distill``.
 
-Data order is a permutation drawn from ``seed + epoch`` and every sample's augmentation
-from ``(seed, epoch, index)``, so a run resumed from a checkpoint replays exactly the
-batches an uninterrupted run would have seen.
+One :class:`Trainer` runs a config end to end: SGD + polynomial LR decay (TransUNet),
+AMP on CUDA, DistributedDataParallel under ``torchrun``, periodic validation Dice on
+held-back cases, atomic checkpoints every ``train.checkpoint_every`` steps, exact resume
+(``--resume``) and a clean stop on SIGTERM/SIGINT (checkpoint, then a non-zero exit that
+says how to resume). Rank 0 alone writes files.
+
+Exact resume rests on three facts: batches are a pure function of (seed, step)
+(:mod:`kdseg_train.batch_plan`), augmentation of sample i in epoch e is seeded by
+(seed, e, i), and the checkpoint holds the optimiser, scheduler, grad-scaler and every
+process's random state (dropout).
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import yaml
 from torch import nn
+from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .batch_plan import BatchPlan, EpochIndexedDataset
+from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint,
+                         restore_rng_state, save_checkpoint)
 from .config import save_config
-from .data import AxialSliceDataset, CTVolume, IGNORE_INDEX, load_ct_volume
-from .export import export_safetensors, load_safetensors_model
-from .losses import DistillationCriterion, SegmentationLoss
-from .models import TransUNet, create_model
+from .distributed import DistributedContext, init_distributed, select_device
+from .metrics import validation_dice
+from .run_data import EvaluationCase, build_training_dataset, load_cases
+from .run_logs import CsvLog, open_tensorboard
+from .volume_inference import predict_case
 
-__all__ = ["load_volumes", "predict_volume", "dice_per_class", "Trainer", "TrainingInterrupted"]
+__all__ = ["Trainer", "TrainingInterrupted", "TrainingObjective", "RunExistsError", "build_model",
+           "load_teacher"]
 
 _log = logging.getLogger("kdseg_train")
 
+# Config sections that must not change between a run and its resume.
+_FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill")
+_FREE_DATA_KEYS = ("num_workers",)
+
 
 class TrainingInterrupted(RuntimeError):
-    """Raised after SIGTERM/SIGINT once a checkpoint has been written."""
+    """Raised after SIGTERM/SIGINT once a checkpoint has been written; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
 
 
-def load_volumes(entries: List[Dict[str, Any]], hu_window) -> List[CTVolume]:
-    """Load the ``data.train``/``data.val`` entries of a config.
+class RunExistsError(FileExistsError):
+    """The output folder already holds a run and ``--resume`` was not given."""
 
-    An entry is an image/label pair (image, label, remap, unlabeled, slices, name) or a
-    Synapse-layout dataset ``{format: synapse, root: DIR, split: train|test_vol}``.
+
+def build_model(model_cfg: Dict[str, Any]) -> nn.Module:
+    """The network a ``model:`` section names (plus ImageNet-21k weights when ``pretrained`` is set)."""
+    from .models import create_model
+
+    model = create_model(model_cfg["name"], num_classes=int(model_cfg["num_classes"]),
+                         img_size=int(model_cfg["img_size"]), in_channels=int(model_cfg.get("in_channels", 1)),
+                         **dict(model_cfg.get("overrides") or {}))
+    if model_cfg.get("pretrained"):
+        from .models.vit_npz import load_vit_r50_npz
+
+        path = Path(model_cfg["pretrained"])
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained {path} does not exist (the R50+ViT-B_16.npz ImageNet-21k "
+                                    "file of the TransUNet authors)")
+        load_vit_r50_npz(model, path)
+    return model
+
+
+def load_teacher(path: Path) -> nn.Module:
+    """A frozen network from a finished run folder (its ``final/``) or an export folder."""
+    from .export import load_safetensors_model
+
+    path = Path(path)
+    final = path / "final" if (path / "final").is_dir() else path
+    if not (final / "model.safetensors").is_file():
+        raise FileNotFoundError(f"teacher weights not found: {final / 'model.safetensors'} does not exist; set "
+                                "distill.teacher to the output folder of a finished `kdseg-train train` run")
+    teacher = load_safetensors_model(final).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def _build_criterion(cfg: Dict[str, Any], student: nn.Module, teacher: nn.Module, num_classes: int) -> nn.Module:
+    from .losses import DistillationCriterion
+
+    terms = {k: v for k, v in cfg.items() if k != "teacher"}
+    criterion = DistillationCriterion(terms, student, teacher, num_classes)
+    if not list(criterion.terms):
+        raise ValueError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight=0.5); "
+                         "use `kdseg-train train` for a run without a teacher")
+    return criterion
+
+
+class TrainingObjective(nn.Module):
+    """The trainable modules and their loss: one forward gives every loss term.
+
+    Holding the student and the distillation projections in one module lets
+    DistributedDataParallel average the gradients of both, and lets one safetensors
+    file checkpoint both.
+
+    Args:
+        model: the network being trained.
+        seg_loss: segmentation loss (logits, labels) -> scalar.
+        criterion: distillation criterion (student_out, teacher_out, labels) -> (total, terms), or None.
     """
-    volumes = []
-    for entry in entries:
-        if entry.get("format") == "synapse":
-            from .data.synapse import read_synapse_split
 
-            volumes.extend(read_synapse_split(Path(entry["root"]), entry.get("split", "train")))
-            continue
-        volume = load_ct_volume(Path(entry["image"]), Path(entry["label"]), entry.get("remap", "identity"),
-                                entry.get("unlabeled", ()), hu_window, entry.get("name"))
-        if "slices" in entry:
-            volume = volume.slice_range(*entry["slices"])
-        volumes.append(volume)
-    return volumes
-
-
-@torch.no_grad()
-def predict_volume(model: nn.Module, volume: CTVolume, img_size: int, batch_size: int = 8) -> np.ndarray:
-    """Label map (Z, Y, X) the way the Lib computes it: resize slices, logits back bilinearly, argmax."""
-    model.eval()
-    z, h, w = volume.image.shape
-    out = np.zeros((z, h, w), dtype=np.uint8)
-    for first in range(0, z, batch_size):
-        x = torch.from_numpy(volume.image[first:first + batch_size])[:, None]
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-        logits = F.interpolate(model(x), size=(h, w), mode="bilinear", align_corners=False)
-        out[first:first + batch_size] = logits.argmax(1).numpy().astype(np.uint8)
-    return out
-
-
-def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> Dict[int, float]:
-    """Dice of each foreground class present in ``target`` (ignored voxels excluded)."""
-    valid = target != IGNORE_INDEX
-    scores = {}
-    for c in range(1, num_classes):
-        t = (target == c) & valid
-        if not t.any():
-            continue
-        p = (pred == c) & valid
-        scores[c] = float(2 * (p & t).sum() / (p.sum() + t.sum()))
-    return scores
-
-
-@dataclass
-class _Batches:
-    dataset: AxialSliceDataset
-    batch_size: int
-    seed: int
+    def __init__(self, model: nn.Module, seg_loss: nn.Module, criterion: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.seg_loss = seg_loss
+        self.criterion = criterion
 
     @property
-    def steps_per_epoch(self) -> int:
-        return max(1, len(self.dataset) // self.batch_size)
+    def needs_features(self) -> bool:
+        return bool(self.criterion is not None and getattr(self.criterion, "needs_features", False))
 
-    def batch(self, step: int):
-        epoch, position = divmod(step, self.steps_per_epoch)
-        self.dataset.set_epoch(epoch)
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + epoch))
-        ids = order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
-        images, labels = zip(*(self.dataset[i] for i in ids))
-        return torch.stack(images), torch.stack(labels)
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, teacher_out: Any = None) -> Dict[str, torch.Tensor]:
+        """Loss terms for a batch: images (B, C, S, S), labels (B, S, S) -> {"total", "seg", <kd terms>}."""
+        features = self.needs_features
+        out = self.model(images, return_features=features) if features else self.model(images)
+        logits = out.logits if features else out
+        terms: Dict[str, torch.Tensor] = {"seg": self.seg_loss(logits.float(), labels)}
+        if self.criterion is not None:
+            _, kd_terms = self.criterion(out, teacher_out, labels)
+            terms.update({k: v.float() for k, v in kd_terms.items()})
+        terms["total"] = torch.stack(list(terms.values())).sum()
+        return terms
+
+
+def _amp_setting(requested: Any, device: torch.device) -> Tuple[bool, Optional[torch.dtype]]:
+    if requested in (False, "false", "off", None):
+        return False, None
+    if requested not in ("auto", True, "true", "on"):
+        raise ValueError(f"train.amp must be auto, true or false, got {requested!r}")
+    if device.type == "cuda":
+        return True, torch.float16
+    if requested == "auto":
+        return False, None
+    return True, torch.bfloat16  # explicit request on CPU: bfloat16 autocast, no loss scaling needed
 
 
 class Trainer:
-    """Runs ``kdseg-train train`` (no teacher) or ``distill`` (frozen teacher + KD terms)."""
+    """Runs ``kdseg-train train`` (segmentation loss only) or ``distill`` (frozen teacher + KD terms).
+
+    Args:
+        config: resolved run config (see :mod:`kdseg_train.config`).
+        distill: train against ``distill.teacher`` with the configured distillation terms.
+    """
 
     def __init__(self, config: Dict[str, Any], distill: bool = False) -> None:
         self.config = config
         self.distill = distill
         self.out = Path(config["output"])
-        train_cfg = config["train"]
+        train_cfg, data_cfg, model_cfg = config["train"], config["data"], config["model"]
         if train_cfg.get("threads"):
             torch.set_num_threads(int(train_cfg["threads"]))
-        torch.manual_seed(int(train_cfg["seed"]))
-        m = config["model"]
-        self.img_size = int(m["img_size"])
-        self.num_classes = int(m["num_classes"])
-        self.model: TransUNet = create_model(m["name"], num_classes=self.num_classes, img_size=self.img_size)
-        if m.get("pretrained"):
-            from .models.vit_npz import load_vit_r50_npz
+        self.ctx: DistributedContext = init_distributed(str(train_cfg.get("device", "auto")))
+        self.device = select_device(str(train_cfg.get("device", "auto")), self.ctx)
+        self.amp, self.amp_dtype = _amp_setting(train_cfg.get("amp", "auto"), self.device)
+        self.max_steps = int(train_cfg["max_steps"])
+        if self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        self.seed = int(train_cfg["seed"])
+        self.img_size = int(model_cfg["img_size"])
+        self.num_classes = int(model_cfg["num_classes"])
 
-            load_vit_r50_npz(self.model, Path(m["pretrained"]))
-        data = config["data"]
-        if not data["train"]:
-            raise ValueError("config data.train lists no volumes")
-        self.train_volumes = load_volumes(data["train"], data["hu_window"])
-        self.val_volumes = load_volumes(data.get("val", []), data["hu_window"])
-        dataset = AxialSliceDataset(self.train_volumes, self.img_size, bool(data.get("augment", True)),
-                                    int(train_cfg["seed"]))
-        self.batches = _Batches(dataset, int(data["batch_size"]), int(train_cfg["seed"]))
-        self.seg_loss = SegmentationLoss(self.num_classes)
-        self.teacher: Optional[TransUNet] = None
-        self.criterion: Optional[DistillationCriterion] = None
+        torch.manual_seed(self.seed)
+        model = build_model(model_cfg)
+        self.teacher: Optional[nn.Module] = None
+        criterion = None
         if distill:
-            self._setup_teacher(config["distill"])
+            if not config["distill"].get("teacher"):
+                raise ValueError("distill.teacher is not set: give the output folder of the teacher's `kdseg-train "
+                                 "train` run (e.g. --set distill.teacher=runs/teacher_demo)")
+            self.teacher = load_teacher(Path(config["distill"]["teacher"])).to(self.device)
+            if getattr(self.teacher, "img_size", self.img_size) != self.img_size:
+                _log.info("teacher trained at %s px, student at %s px: the teacher sees the student's batch",
+                          self.teacher.img_size, self.img_size)
+            criterion = _build_criterion(config["distill"], model, self.teacher, self.num_classes)
+        from .losses import SegmentationLoss
+
+        loss_cfg = config.get("loss", {})
+        seg_loss = SegmentationLoss(self.num_classes, ce_weight=float(loss_cfg.get("ce_weight", 0.5)),
+                                    dice_weight=float(loss_cfg.get("dice_weight", 0.5)))
+        self.objective = TrainingObjective(model, seg_loss, criterion).to(self.device)
+        self.model = model
+        self.loss_names = ["total", "seg"] + (list(criterion.terms) if criterion is not None else [])
+
         o = config["optim"]
-        # Learned projections of distillation terms (MISTKD) train with the student.
-        parameters = list(self.model.parameters()) + (list(self.criterion.parameters()) if self.criterion else [])
-        self.optimizer = torch.optim.SGD(parameters, lr=float(o["lr"]), momentum=float(o["momentum"]),
+        self.optimizer = torch.optim.SGD([p for p in self.objective.parameters() if p.requires_grad],
+                                         lr=float(o["lr"]), momentum=float(o["momentum"]),
                                          weight_decay=float(o["weight_decay"]))
-        self.loss_names = ["total", "seg"] + (list(self.criterion.terms) if self.criterion else [])
+        power = float(o["poly_power"])
+        # Closed form (not the chainable PolynomialLR): the LR at step t is exactly
+        # base_lr * (1 - t / max_steps) ** power, also after a resume.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: max(0.0, 1.0 - step / self.max_steps) ** power)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+
+        self.dataset = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed)
+        self.val_cases: List[EvaluationCase] = (
+            load_cases(data_cfg.get("val") or [], data_cfg["hu_window"], self.num_classes, self.img_size)
+            if self.ctx.is_main else [])
+        self.global_batch = int(data_cfg["batch_size"])
         self._stop_signal: Optional[int] = None
+        self._wall_before = 0.0
+        self._cpu_before = 0.0
 
-    def _setup_teacher(self, cfg: Dict[str, Any]) -> None:
-        if not cfg.get("teacher"):
-            raise ValueError("distill.teacher must name the teacher's run folder (its final/ export)")
-        teacher_dir = Path(cfg["teacher"])
-        final = teacher_dir / "final" if (teacher_dir / "final").is_dir() else teacher_dir
-        if not (final / "model.safetensors").is_file():
-            raise FileNotFoundError(f"teacher weights not found in {final} (expected model.safetensors from a "
-                                    "finished `kdseg-train train` run)")
-        self.teacher = load_safetensors_model(final).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.criterion = DistillationCriterion(cfg, self.model, self.teacher, self.num_classes)
-        if not self.criterion.terms:
-            raise ValueError("distill: no distillation term has a weight > 0")
+    # -- pieces ---------------------------------------------------------------------------
+    def _loader(self, start_step: int) -> DataLoader:
+        plan = BatchPlan(len(self.dataset), self.global_batch, self.seed, start_step, self.max_steps,
+                         self.ctx.rank, self.ctx.world_size)
+        workers = int(self.config["data"].get("num_workers", 0))
+        return DataLoader(EpochIndexedDataset(self.dataset), batch_sampler=plan, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
+                          # A private generator: creating the loader must not consume the global
+                          # torch RNG, whose state (dropout) the checkpoint restores.
+                          generator=torch.Generator().manual_seed(self.seed))
 
-    # -- loop -------------------------------------------------------------------------
-    def _lr(self, step: int) -> float:
-        o, max_steps = self.config["optim"], int(self.config["train"]["max_steps"])
-        return float(o["lr"]) * (1 - step / max_steps) ** float(o["poly_power"])
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        need_features = self.criterion is not None and self.criterion.needs_features
-        out = self.model(images, return_features=need_features)
-        logits = out.logits if need_features else out
-        terms = {"seg": self.seg_loss(logits, labels)}
-        if self.criterion is not None:
-            with torch.no_grad():
-                t_out = self.teacher(images, return_features=need_features)
-            _, kd_terms = self.criterion(out, t_out, labels)
-            terms.update(kd_terms)
-        terms["total"] = sum(terms.values())
-        return terms
+    def _step(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        teacher_out = None
+        with self._autocast():
+            if self.teacher is not None:
+                with torch.no_grad():
+                    features = self.objective.needs_features
+                    teacher_out = self.teacher(images, return_features=features) if features else self.teacher(images)
+            terms = engine(images, labels, teacher_out)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {k: float(v.detach()) for k, v in terms.items()}
 
-    def validate(self) -> Dict[str, float]:
-        if not self.val_volumes:
-            return {}
-        result: Dict[str, float] = {}
-        all_scores: List[float] = []
-        for volume in self.val_volumes:
-            scores = dice_per_class(predict_volume(self.model, volume, self.img_size), volume.labels,
-                                    self.num_classes)
-            for c, s in scores.items():
-                result[f"{volume.name}/dice_{c}"] = s
-                all_scores.append(s)
-        result["mean_dice"] = float(np.mean(all_scores)) if all_scores else float("nan")
-        self.model.train()
-        return result
+    def validate(self) -> Dict[str, Any]:
+        """Dice per case and organ on ``data.val`` (rank 0), and their mean."""
+        per_case: Dict[str, Dict[int, float]] = {}
+        for case in self.val_cases:
+            pred = predict_case(self.model, case.image, self.img_size, device=self.device)
+            scores = validation_dice(pred, case.labels, self.num_classes)
+            per_case[case.name] = {k: v for k, v in scores.items() if k in case.organs}
+        values = [v for scores in per_case.values() for v in scores.values()]
+        return {"mean_dice": float(np.mean(values)) if values else float("nan"), "cases": per_case}
+
+    def _val_columns(self) -> List[str]:
+        names = _organ_names(self.num_classes)
+        columns = ["step", "mean_dice"]
+        for case in self.val_cases:
+            present = [i for i in case.organs if (case.labels == i).any()]
+            columns += [f"{case.name}/{names.get(i, str(i))}" for i in present]
+        return columns
 
     def _handle_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, the last periodic checkpoint stays
         self._stop_signal = signum
+        if self.ctx.is_main:
+            _log.warning("signal %d received: finishing this step, writing a checkpoint, then stopping", signum)
 
-    def run(self, resume: bool = False) -> Path:
-        train_cfg = self.config["train"]
-        max_steps = int(train_cfg["max_steps"])
-        ckpt = self.out / "checkpoint.pt"
-        step = 0
-        if resume:
-            if not ckpt.is_file():
-                raise FileNotFoundError(f"--resume given but no checkpoint at {ckpt}")
-            step = load_checkpoint(ckpt, self.model, self.optimizer, self.criterion)
-            _log.info("resumed from %s at step %d", ckpt, step)
-        elif ckpt.exists():
-            raise FileExistsError(f"{self.out} already holds a run; pass --resume to continue it or choose "
-                                  "another output folder")
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.out / "config.yaml")
-        log_path, val_path = self.out / "train_log.csv", self.out / "val_log.csv"
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, self._handle_signal),
-                    signal.SIGINT: signal.signal(signal.SIGINT, self._handle_signal)}
-        from tqdm import tqdm
+    def _check_resumable(self) -> None:
+        saved_path = self.out / "config.yaml"
+        if not saved_path.is_file():
+            return
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        changed = []
+        for section in _FROZEN_ON_RESUME:
+            old, new = dict(saved.get(section) or {}), dict(self.config.get(section) or {})
+            if section == "data":
+                for key in _FREE_DATA_KEYS:
+                    old.pop(key, None)
+                    new.pop(key, None)
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    changed.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+        if changed:
+            raise ValueError(f"cannot resume {self.out}: the config differs from the run's saved config.yaml in "
+                             f"{'; '.join(changed)}. Resume with the original settings, or start a new run in "
+                             "another output folder")
+        if int((saved.get("train") or {}).get("max_steps", self.max_steps)) != self.max_steps:
+            _log.warning("train.max_steps changed on resume; the polynomial LR schedule is recomputed for %d steps",
+                         self.max_steps)
 
-        bar = tqdm(total=max_steps, initial=step, desc="distill" if self.distill else "train", unit="step")
-        writer = self._tensorboard()
-        self.model.train()
-        started = time.time()
+    def _restore(self) -> int:
+        checkpoints = self.out / "checkpoints"
+        path = latest_checkpoint(checkpoints)
+        if path is None:
+            raise CheckpointError(f"--resume given but {checkpoints} holds no complete checkpoint; start without "
+                                  "--resume (the run saves its first checkpoint after train.checkpoint_every steps)")
+        self._check_resumable()
+        ckpt = load_checkpoint(path)
         try:
-            with open(log_path, "a", newline="") as log_file, open(val_path, "a", newline="") as val_file:
-                log = csv.writer(log_file)
-                val_log = csv.writer(val_file)
-                if log_file.tell() == 0:
-                    log.writerow(["step", "lr", *self.loss_names, "seconds"])
-                while step < max_steps:
-                    lr = self._lr(step)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    images, labels = self.batches.batch(step)
-                    terms = self._loss(images, labels)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    terms["total"].backward()
-                    self.optimizer.step()
-                    step += 1
-                    values = {k: float(v.detach()) for k, v in terms.items()}
-                    if not math.isfinite(values["total"]):
-                        raise FloatingPointError(f"loss became {values['total']} at step {step}; lower optim.lr")
-                    log.writerow([step, f"{lr:.6g}", *(f"{values[k]:.5f}" for k in self.loss_names),
-                                  f"{time.time() - started:.1f}"])
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['total']:.3f}")
-                    if writer is not None:
-                        for key, value in values.items():
-                            writer.add_scalar(f"loss/{key}", value, step)
-                        writer.add_scalar("lr", lr, step)
-                    if step % int(train_cfg["checkpoint_every"]) == 0 or step == max_steps:
-                        save_checkpoint(ckpt, self.model, self.optimizer, step, self.criterion)
-                        log_file.flush()
-                    if self.val_volumes and (step % int(train_cfg["val_every"]) == 0 or step == max_steps):
-                        metrics = self.validate()
-                        if val_file.tell() == 0:
-                            val_log.writerow(["step"] + list(metrics))
-                        val_log.writerow([step] + [f"{v:.4f}" for v in metrics.values()])
-                        val_file.flush()
-                        if writer is not None:
-                            for key, value in metrics.items():
-                                writer.add_scalar(f"val/{key}", value, step)
-                        _log.info("step %d validation mean Dice %.3f", step, metrics["mean_dice"])
-                    if self._stop_signal is not None:
-                        save_checkpoint(ckpt, self.model, self.optimizer, step, self.criterion)
-                        raise TrainingInterrupted(
-                            f"stopped by signal {self._stop_signal} at step {step}; checkpoint saved to {ckpt}. "
-                            f"Resume with the same command plus --resume.")
+            self.objective.load_state_dict({k: v.to(self.device) for k, v in ckpt.weights.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model/distillation setup ({exc})") from exc
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        if ckpt.scaler is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt.scaler)
+        if len(ckpt.rng_states) == self.ctx.world_size:
+            restore_rng_state(ckpt.rng_states[self.ctx.rank])
+        else:
+            _log.warning("checkpoint written by %d process(es), resuming with %d: data order is kept, dropout "
+                         "randomness is reseeded", len(ckpt.rng_states), self.ctx.world_size)
+            restore_rng_state(ckpt.rng_states[0])
+            torch.manual_seed(self.seed + 7919 * (ckpt.step + 1) + self.ctx.rank)
+        self._wall_before = float(ckpt.meta.get("wall_seconds", 0.0))
+        self._cpu_before = float(ckpt.meta.get("cpu_seconds", 0.0))
+        if self.ctx.is_main:
+            _log.warning("resumed from %s at step %d of %d", path, ckpt.step, self.max_steps)
+        return ckpt.step
+
+    def _save(self, step: int, started_wall: float, started_cpu: float) -> None:
+        rng_states = self.ctx.gather_objects(capture_rng_state())
+        cpu_seconds = self.ctx.sum(time.process_time() - started_cpu)
+        if self.ctx.is_main:
+            meta = {"world_size": self.ctx.world_size, "max_steps": self.max_steps, "device": str(self.device),
+                    "wall_seconds": self._wall_before + time.time() - started_wall,
+                    "cpu_seconds": self._cpu_before + cpu_seconds}
+            save_checkpoint(self.out / "checkpoints", step, self.objective, self.optimizer, self.scheduler,
+                            self.scaler, rng_states, meta, keep=int(self.config["train"].get("keep_checkpoints", 2)))
+        self.ctx.barrier()
+
+    # -- run ------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Path:
+        """Train to ``train.max_steps`` and write ``final/``; returns that folder.
+
+        Raises:
+            RunExistsError: the output folder holds a run and ``resume`` is False.
+            TrainingInterrupted: stopped by SIGTERM/SIGINT after writing a checkpoint.
+        """
+        try:
+            return self._run(resume)
         finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
+            self.ctx.shutdown()
+
+    def _run(self, resume: bool) -> Path:
+        train_cfg = self.config["train"]
+        checkpoints = self.out / "checkpoints"
+        if resume:
+            step = self._restore()
+        else:
+            if latest_checkpoint(checkpoints) is not None or (self.out / "final").exists():
+                raise RunExistsError(f"{self.out} already holds a run; add --resume to continue it, or set another "
+                                     "output folder (--set output=runs/new_name)")
+            step = 0
+            torch.manual_seed(self.seed + self.ctx.rank)  # dropout stream of this process
+        resume_step = step if resume else None
+        csv_log = val_log = writer = bar = None
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.out / "config.yaml")
+            csv_log = CsvLog(self.out / "train_log.csv", ["step", "epoch", "lr", *self.loss_names, "seconds"],
+                             resume_step)
+            if self.val_cases:
+                val_log = CsvLog(self.out / "val_log.csv", self._val_columns(), resume_step)
+            if train_cfg.get("tensorboard", True):
+                writer = open_tensorboard(self.out / "tensorboard", resume_step)
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.max_steps, initial=step, desc="distill" if self.distill else "train", unit="step",
+                       dynamic_ncols=True)
+        engine: nn.Module = self.objective
+        if self.ctx.enabled:
+            engine = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        started_wall, started_cpu = time.time(), time.process_time()
+        checkpoint_every = max(1, int(train_cfg["checkpoint_every"]))
+        val_every = max(1, int(train_cfg["val_every"]))
+        log_every = max(1, int(train_cfg.get("log_every", 1)))
+        plan = None
+        last_val: Optional[Dict[str, Any]] = None
+        self.objective.train()
+        try:
+            loader = self._loader(step)
+            plan = loader.batch_sampler
+            for images, labels in loader:
+                lr = self.optimizer.param_groups[0]["lr"]
+                values = self._step(engine, images, labels)
+                step += 1
+                if not math.isfinite(values["total"]):
+                    raise FloatingPointError(f"the loss became {values['total']} at step {step}; lower optim.lr "
+                                             "(or disable train.amp) and resume from the last checkpoint")
+                if self.ctx.is_main:
+                    if step % log_every == 0 or step == self.max_steps:
+                        csv_log.write(dict(values, step=step, epoch=plan.epoch_of(step - 1), lr=lr,
+                                           seconds=round(self._wall_before + time.time() - started_wall, 2)))
+                        if writer is not None:
+                            for key, value in values.items():
+                                writer.add_scalar(f"loss/{key}", value, step)
+                            writer.add_scalar("lr", lr, step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['total']:.4f}", **(
+                        {"val_dice": f"{last_val['mean_dice']:.3f}"} if last_val else {}))
+                if self.val_cases and (step % val_every == 0 or step == self.max_steps):
+                    last_val = self._log_validation(step, val_log, writer)
+                stop = self.ctx.any_true(self._stop_signal is not None)
+                if step % checkpoint_every == 0 or step == self.max_steps or stop:
+                    if csv_log is not None:
+                        csv_log.flush()
+                    self._save(step, started_wall, started_cpu)
+                if stop:
+                    raise TrainingInterrupted(
+                        f"stopped by signal at step {step} of {self.max_steps}; checkpoint saved in {checkpoints}. "
+                        "Resume with the same command plus --resume", self._stop_signal or signal.SIGTERM)
+        finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            for closeable in (bar, csv_log, val_log, writer):
+                if closeable is not None:
+                    closeable.close()
+        return self._finish(step, started_wall, started_cpu, last_val)
+
+    def _log_validation(self, step: int, val_log: Optional[CsvLog], writer) -> Dict[str, Any]:
+        result = self.validate()
+        names = _organ_names(self.num_classes)
+        row: Dict[str, Any] = {"step": step, "mean_dice": result["mean_dice"]}
+        for case, scores in result["cases"].items():
+            for index, value in scores.items():
+                row[f"{case}/{names.get(index, str(index))}"] = value
+        if val_log is not None:
+            val_log.write(row)
+            val_log.flush()
+        if writer is not None:
+            for key, value in row.items():
+                if key != "step":
+                    writer.add_scalar(f"val/{key}", value, step)
+        _log.info("step %d: validation mean Dice %.4f", step, result["mean_dice"])
+        return result
+
+    def _finish(self, step: int, started_wall: float, started_cpu: float,
+                last_val: Optional[Dict[str, Any]]) -> Path:
+        from .export import export_safetensors
+
         final = self.out / "final"
-        export_safetensors(self.model, final, {"steps": step, "kind": "distill" if self.distill else "train"})
-        summary = {"steps": step, "wall_seconds_this_session": time.time() - started, "final": str(final)}
-        if self.val_volumes:
-            summary["validation"] = self.validate()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        self._write_figures(summary.get("validation"))
+        cpu_seconds = self.ctx.sum(time.process_time() - started_cpu)
+        if self.ctx.is_main:
+            wall = self._wall_before + time.time() - started_wall
+            export_safetensors(self.model, final, {"steps": step, "kind": "distill" if self.distill else "train"})
+            summary = {
+                "steps": step, "kind": "distill" if self.distill else "train",
+                "model": self.config["model"]["name"], "device": str(self.device),
+                "world_size": self.ctx.world_size, "threads": torch.get_num_threads(),
+                "wall_hours": wall / 3600.0, "cpu_hours": (self._cpu_before + cpu_seconds) / 3600.0,
+                "train_slices": len(self.dataset), "final": str(final),
+            }
+            if last_val is None and self.val_cases:
+                last_val = self.validate()
+            if last_val is not None:
+                names = _organ_names(self.num_classes)
+                summary["validation"] = {"mean_dice": last_val["mean_dice"],
+                                         "cases": {case: {names.get(i, str(i)): v for i, v in scores.items()}
+                                                   for case, scores in last_val["cases"].items()}}
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            if self.config["train"].get("figures", True):
+                self._write_figures(summary.get("validation"))
+        self.ctx.barrier()
         return final
 
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional at run time
-            _log.warning("tensorboard is not installed; logging to CSV only")
-            return None
-        return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _write_figures(self, validation: Optional[Dict[str, float]]) -> None:
-        from .plots import plot_losses, plot_validation_dice, save_overlay
+    def _write_figures(self, validation: Optional[Dict[str, Any]]) -> None:
+        from .plots import plot_losses, plot_validation_curve, plot_validation_dice, save_overlay
 
         figures = self.out / "figures"
         figures.mkdir(exist_ok=True)
         plot_losses(self.out / "train_log.csv", figures / "losses.png")
         if validation:
             plot_validation_dice(validation, figures / "validation_dice.png")
-        for volume in self.val_volumes:
-            pred = predict_volume(self.model, volume, self.img_size)
-            z = int(np.argmax((volume.labels % 255 > 0).sum(axis=(1, 2))))
-            save_overlay(volume.image[z], pred[z], figures / f"overlay_{volume.name.split('[')[0]}.png",
-                         volume.labels[z], volume.name)
+        if (self.out / "val_log.csv").is_file():
+            plot_validation_curve(self.out / "val_log.csv", figures / "validation_curve.png")
+        for case in self.val_cases:
+            pred = predict_case(self.model, case.image, self.img_size, device=self.device)
+            annotated = ((case.labels > 0) & (case.labels != 255)).sum(axis=(1, 2))
+            z = int(np.argmax(annotated))
+            save_overlay(case.image[z], pred[z], figures / f"overlay_{_file_safe(case.name)}.png", case.labels[z],
+                         f"{case.name} z={z}")
+
+
+def _worker_init(worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers only index arrays and augment one slice at a time
+
+
+def _organ_names(num_classes: int) -> Dict[int, str]:
+    if num_classes != 9:
+        return {i: f"class{i}" for i in range(num_classes)}
+    from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
+
+    return {organ.index: organ.name for organ in SYNAPSE_ORGANS}
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,1 @@
+"""``kdseg-train`` subcommands, one module each; every module exposes ``register(subparsers)``."""
