@@ -12,12 +12,6 @@ from typing import List, Optional
 __all__ = ["main"]
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="YAML run configuration")
-    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. optim.lr=0.005 data.batch_size=4")
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -51,32 +45,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .release import export_release
-
-    comparisons = {}
-    for item in args.compare:
-        name, _, path = item.partition("=")
-        if not path:
-            raise SystemExit(f"kdseg-train export: --compare expects NAME=EVALUATION_JSON, got {item!r}")
-        comparisons[name] = Path(path)
-    extra = json.loads(Path(args.metrics_json).read_text(encoding="utf-8")) if args.metrics_json else None
-    registry = export_release(args.run, args.release, model_id=args.model_id, title=args.title,
-                              version=args.version, evaluation=args.evaluation, default=True,
-                              comparisons=comparisons, extra_metrics=extra, intended_use=args.intended_use,
-                              description=args.description)
-    print(f"release written: {registry}")
-    return 0
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_release
-
-    report = evaluate_release(args.registry, args.config, args.output, model_id=args.model_id)
-    print(report.read_text(encoding="utf-8"))
-    return 0
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .data import load_ct_volume
     from .data.synapse import write_synapse_case
@@ -99,26 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.add_argument("--no-onnx-size", dest="onnx_size", action="store_false",
                         help="skip exporting each model to measure its ONNX size")
+    from .commands import evaluate as evaluate_command
+    from .commands import export as export_command
     from .commands import train as train_command
 
-    train_command.register(sub)
-    ev = sub.add_parser("evaluate", help="Dice/HD95 of an exported model through the Lib's ONNX pipeline")
-    ev.add_argument("registry", type=Path, help="release registry.json")
-    ev.add_argument("config", type=Path, help="YAML whose data.val lists the cases")
-    ev.add_argument("-o", "--output", type=Path, required=True, help="report folder (JSON + Markdown)")
-    ev.add_argument("--model-id", default=None)
-    ex = sub.add_parser("export", help="ONNX + registry entry in a release folder the Lib loads")
-    ex.add_argument("run", type=Path, help="run folder (holds final/)")
-    ex.add_argument("release", type=Path, help="release folder to write")
-    ex.add_argument("--model-id", required=True)
-    ex.add_argument("--title", required=True)
-    ex.add_argument("--version", default="0.1.0")
-    ex.add_argument("--evaluation", type=Path, default=None, help="evaluation JSON to copy into metrics")
-    ex.add_argument("--compare", nargs="*", default=[], metavar="NAME=JSON",
-                    help="evaluation JSONs of other models to summarise in metrics.comparisons")
-    ex.add_argument("--metrics-json", type=Path, default=None, help="extra measured metrics (JSON object)")
-    ex.add_argument("--intended-use", default="Demonstration weights trained on two patients; not for clinical use.")
-    ex.add_argument("--description", default=None)
+    for command in (train_command, evaluate_command, export_command):
+        command.register(sub)
     cv = sub.add_parser("convert", help="NIfTI/DICOM image + label pairs -> the Synapse layout of TransUNet")
     cv.add_argument("root", type=Path, help="Synapse dataset root to write")
     cv.add_argument("--images", type=Path, nargs="+", required=True)
@@ -135,11 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _cmd_models(args)
     if getattr(args, "handler", None) is not None:
         return args.handler(args)
-    if args.command == "export":
-        return _cmd_export(args)
     if args.command == "convert":
         return _cmd_convert(args)
-    return _cmd_evaluate(args)
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

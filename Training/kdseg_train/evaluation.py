@@ -1,119 +1,293 @@
-"""Evaluation of an exported model through the Lib's ONNX pipeline: per-case, per-organ Dice and HD95.
+"""``kdseg-train evaluate``: per-case, per-organ Dice and HD95 of a model, as JSON and Markdown.
 
-Two HD95 modes are reported side by side:
-- ``transunet``: the TransUNet/medpy protocol, distances in voxel units and its empty-mask
-  rules (prediction present, ground truth empty: Dice 1, HD95 0; both empty: 0, 0), for
-  comparison with published Synapse tables;
-- ``physical``: MONAI's spacing-aware HD95 in millimetres; cases where an organ is absent
-  from the ground truth are left out of that organ's mean.
-Voxels the dataset does not annotate (ignore label) are excluded from both.
+The model is run either through the Lib's ONNX pipeline (``backend: onnx``, what Slicer
+and ``kdseg`` users get: :func:`KDSegmentationLib.pipeline.segment_image` on the image
+read from disk) or directly in PyTorch (``backend: pytorch``, any run folder or
+checkpoint, also for Cataract-1K frames). Two protocols are reported side by side (see
+:mod:`kdseg_train.metrics`): ``transunet`` (voxel-unit HD95 and TransUNet's empty-mask
+rules, comparable with published Synapse tables) and ``physical`` (MONAI, spacing-aware
+HD95 in mm, undefined values left out of means).
+
+Only the organs a case annotates are scored (``unlabeled`` organs of an entry are not).
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from monai.metrics import compute_hausdorff_distance
 
-from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
-from KDSegmentationLib.image_io import read_image
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter, segment_image
+from .metrics import mean_std, physical_case_metrics, transunet_case_metrics
+from .run_data import EvaluationCase, load_cases
 
-from .config import load_config
-from .data.label_maps import IGNORE_INDEX, REMAP_TABLES, remap_labels
+__all__ = ["ModelSource", "resolve_model_source", "evaluate", "summarize", "write_reports", "json_safe"]
 
-__all__ = ["hd95", "organ_metrics", "evaluate_release"]
+_log = logging.getLogger("kdseg_train")
 
-
-def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None) -> float:
-    """Symmetric 95th-percentile Hausdorff distance between two non-empty masks (MONAI)."""
-    import warnings
-
-    p = torch.from_numpy(pred[None, None].astype(np.float32))
-    g = torch.from_numpy(gt[None, None].astype(np.float32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # MONAI-internal deprecation notice
-        value = compute_hausdorff_distance(p, g, percentile=95, spacing=list(spacing) if spacing else None)
-    return float(value.item())
+PROTOCOLS = {
+    "transunet": "TransUNet/medpy: Dice and HD95 in voxel units (no spacing); prediction present and ground truth "
+                 "empty -> Dice 1, HD95 0; prediction empty -> Dice 0, HD95 0. Mean over cases per organ.",
+    "physical": "MONAI: Dice and spacing-aware HD95 in mm (max of the two directed 95th percentiles); undefined "
+                "values (organ absent from the ground truth, or missed for HD95) are left out of the means.",
+}
 
 
-def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, Dict[str, float]]:
-    """Dice, voxel HD95 (TransUNet rules) and physical HD95 (mm) per organ."""
-    valid = gt != IGNORE_INDEX
-    out: Dict[str, Dict[str, float]] = {}
-    for organ in SYNAPSE_ORGANS:
-        p = (pred == organ.index) & valid
-        g = (gt == organ.index) & valid
-        if not (gt == organ.index).any() and not np.isin(gt, [0, organ.index]).any():
-            continue
-        if p.any() and g.any():
-            dice = float(2 * (p & g).sum() / (p.sum() + g.sum()))
-            out[organ.name] = {"dice": dice, "hd95_voxels": hd95(p, g), "hd95_mm": hd95(p, g, spacing_zyx),
-                               "gt_present": True}
-        elif p.any():  # TransUNet: prediction but no ground truth counts as perfect
-            out[organ.name] = {"dice": 1.0, "hd95_voxels": 0.0, "hd95_mm": float("nan"), "gt_present": False}
-        elif g.any():
-            out[organ.name] = {"dice": 0.0, "hd95_voxels": 0.0, "hd95_mm": float("nan"), "gt_present": True}
-        else:
-            out[organ.name] = {"dice": 0.0, "hd95_voxels": 0.0, "hd95_mm": float("nan"), "gt_present": False}
-    return out
+@dataclass
+class ModelSource:
+    """What to evaluate: a run folder (final weights or a checkpoint) or a release registry."""
+
+    kind: str  # "run" | "registry"
+    path: Path
+    model_id: Optional[str] = None
+    checkpoint: bool = False
 
 
-def _nanmean_std(values: List[float]) -> Dict[str, float]:
-    arr = np.array([v for v in values if not math.isnan(v)], dtype=float)
-    if arr.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
+def resolve_model_source(config: Dict[str, Any], model: Optional[Path], model_id: Optional[str] = None,
+                         checkpoint: bool = False) -> ModelSource:
+    """``--model`` (a registry JSON or a run folder) or the config's own run folder."""
+    path = Path(model) if model is not None else Path(config["output"])
+    model_id = model_id or (config.get("export") or {}).get("model_id")
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"registry {path} does not exist")
+        return ModelSource("registry", path, model_id)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {path} does not exist; train first (kdseg-train train/distill) or pass "
+                                "--model RUN_FOLDER or --model release/registry.json")
+    if not checkpoint and not (path / "final" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path} has no final/model.safetensors (the run has not finished); finish it with "
+                                "--resume, or evaluate its latest checkpoint with --checkpoint")
+    return ModelSource("run", path, model_id, checkpoint)
 
 
-def evaluate_release(registry: Path, config_path: Path, output: Path, model_id: Optional[str] = None) -> Path:
-    """Segment every ``data.val`` case of ``config_path`` with the Lib and write JSON + Markdown reports.
+def load_run_model(source: ModelSource):
+    """The PyTorch network of a run folder: ``final/`` or, with ``checkpoint``, the latest checkpoint."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .export import load_safetensors_model
+    from .trainer import build_model
 
-    Only organs with ground truth in a case enter its means (the physical protocol); the
-    TransUNet-rule values are kept per case for comparison with published tables.
+    if not source.checkpoint:
+        return load_safetensors_model(source.path / "final"), None
+    import yaml
+
+    path = latest_checkpoint(source.path / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{source.path / 'checkpoints'} holds no complete checkpoint")
+    config = yaml.safe_load((source.path / "config.yaml").read_text(encoding="utf-8"))
+    model = build_model(config["model"])
+    ckpt = load_checkpoint(path)
+    weights = {k[len("model."):]: v for k, v in ckpt.weights.items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    return model.eval(), ckpt.step
+
+
+def _onnx_segmenter(source: ModelSource, config: Dict[str, Any], workdir: Path):
+    from KDSegmentationLib.pipeline import Segmenter
+
+    if source.kind == "registry":
+        return Segmenter.from_registry(source.model_id, device="cpu", registry=source.path, allow_download=False)
+    from .release import write_release
+
+    model, step = load_run_model(source)
+    registry = write_release(model, source.path, workdir, model_id=source.model_id or "evaluated-model",
+                             title="model under evaluation", config=config, step=step)
+    return Segmenter.from_registry(None, device="cpu", registry=registry, allow_download=False)
+
+
+def _image_for_lib(case: EvaluationCase, hu_window) -> sitk.Image:
+    """The CT to give the Lib: read from disk for file entries; rebuilt in HU for Synapse arrays."""
+    from KDSegmentationLib.image_io import read_image
+
+    if "image" in case.source:
+        return read_image(case.source["image"])
+    low, high = float(hu_window[0]), float(hu_window[1])
+    image = sitk.GetImageFromArray((case.image * (high - low) + low).astype(np.float32))
+    image.SetSpacing(tuple(float(s) for s in reversed(case.spacing_zyx)))
+    return image
+
+
+def _predict_onnx(segmenter, case: EvaluationCase, hu_window, postprocess: bool, batch_size: int) -> np.ndarray:
+    from KDSegmentationLib.orientation import to_canonical
+    from KDSegmentationLib.pipeline import SegmentationOptions, segment_image
+
+    if case.image.ndim != 3:
+        raise ValueError(f"case {case.name}: the Lib's pipeline segments CT volumes; evaluate video frames with "
+                         "--backend pytorch")
+    result = segment_image(_image_for_lib(case, hu_window), segmenter,
+                           SegmentationOptions(postprocess=postprocess, batch_size=batch_size))
+    labels = sitk.GetArrayFromImage(to_canonical(result.labels))
+    a, b = case.z_range
+    pred = labels[a:b] if "image" in case.source else labels
+    if pred.shape != case.labels.shape:
+        raise RuntimeError(f"case {case.name}: prediction {pred.shape} and reference {case.labels.shape} differ")
+    return pred
+
+
+def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
+             progress: bool = True) -> Dict[str, Any]:
+    """Segment every evaluation case and compute both protocols' metrics.
+
+    Args:
+        config: resolved run config; cases are ``evaluate.cases`` or else ``data.val``.
+        source: the model (see :func:`resolve_model_source`).
+        backend: ``onnx`` (the Lib's pipeline) or ``pytorch``.
+
+    Returns:
+        The report as a JSON-serialisable dict (``cases``, ``summary``, ``model``, ...).
     """
-    config = load_config(config_path)
-    segmenter = Segmenter.from_registry(model_id, device="cpu", registry=registry, allow_download=False)
-    cases: Dict[str, Any] = {}
-    for entry in config["data"]["val"]:
-        image = read_image(entry["image"])
-        label = sitk.Resample(sitk.ReadImage(entry["label"]), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        result = segment_image(image, segmenter, SegmentationOptions(postprocess=True))
-        pred = sitk.GetArrayFromImage(to_canonical(result.labels))
-        gt = remap_labels(sitk.GetArrayFromImage(to_canonical(label)), REMAP_TABLES[entry.get("remap", "identity")],
-                          entry.get("unlabeled", ()))
-        spacing = tuple(reversed(to_canonical(image).GetSpacing()))
-        if "slices" in entry:
-            z = pred.shape[0]
-            a, b = int(round(entry["slices"][0] * z)), int(round(entry["slices"][1] * z))
-            pred, gt = pred[a:b], gt[a:b]
-        cases[entry.get("name", Path(entry["image"]).name)] = organ_metrics(pred, gt, spacing)
+    from .volume_inference import predict_case
+
+    if backend not in ("onnx", "pytorch"):
+        raise ValueError(f"evaluate.backend must be onnx or pytorch, got {backend!r}")
+    if source.kind == "registry" and backend == "pytorch":
+        raise ValueError("a release registry holds ONNX models; evaluate it with --backend onnx, or pass the run "
+                         "folder for --backend pytorch")
+    ev = config["evaluate"]
+    entries = ev.get("cases") or config["data"].get("val") or []
+    if not entries:
+        raise ValueError("no evaluation cases: set evaluate.cases or data.val in the config")
+    num_classes = int(config["model"]["num_classes"])
+    hu_window = config["data"]["hu_window"]
+    img_size = int(config["model"]["img_size"])
+    cases = load_cases(entries, hu_window, num_classes, img_size)
+    names = _class_names(num_classes)
+    started = time.time()
+    model_info: Dict[str, Any] = {"source": str(source.path), "backend": backend}
+    with tempfile.TemporaryDirectory(prefix="kdseg-eval-") as workdir:
+        if backend == "onnx":
+            segmenter = _onnx_segmenter(source, config, Path(workdir))
+            model_info.update(id=segmenter.card.id, architecture=segmenter.card.architecture,
+                              input_size=[segmenter.card.input.height, segmenter.card.input.width],
+                              postprocess=bool(ev.get("postprocess", False)))
+        else:
+            model, step = load_run_model(source)
+            img_size = model.img_size
+            model_info.update(architecture=model.config.name, input_size=[img_size, img_size],
+                              checkpoint_step=step)
+        results: Dict[str, Any] = {}
+        for i, case in enumerate(cases):
+            if progress:
+                _log.warning("evaluating case %d/%d: %s", i + 1, len(cases), case.name)
+            if backend == "onnx":
+                pred = _predict_onnx(segmenter, case, hu_window, bool(ev.get("postprocess", False)),
+                                     int(ev.get("batch_size", 8)))
+            else:
+                pred = predict_case(model, case.image, img_size, int(ev.get("batch_size", 8)))
+            tu = transunet_case_metrics(pred, case.labels, case.organs)
+            ph = physical_case_metrics(pred, case.labels, case.organs, case.spacing_zyx)
+            results[case.name] = {
+                "spacing_zyx": list(case.spacing_zyx), "shape_zyx": list(case.labels.shape),
+                "z_range": list(case.z_range),
+                "organs": {names[i]: {"transunet": tu[i], "physical": ph[i]} for i in case.organs}}
+    return {
+        "model": model_info,
+        "protocols": PROTOCOLS,
+        "cases": results,
+        "summary": summarize(results),
+        "environment": {"seconds": round(time.time() - started, 1), "machine": platform.machine(),
+                        "python": platform.python_version()},
+    }
+
+
+def summarize(cases: Dict[str, Any]) -> Dict[str, Any]:
+    """Mean ± std over cases per organ and protocol, and the mean over organs (TransUNet's headline)."""
+    organs: List[str] = []
+    for case in cases.values():
+        organs += [o for o in case["organs"] if o not in organs]
     summary: Dict[str, Any] = {}
-    for organ in SYNAPSE_ORGANS:
-        scored = [c[organ.name] for c in cases.values() if organ.name in c and c[organ.name]["gt_present"]]
-        if scored:
-            summary[organ.name] = {"dice": _nanmean_std([s["dice"] for s in scored]),
-                                   "hd95_voxels": _nanmean_std([s["hd95_voxels"] for s in scored]),
-                                   "hd95_mm": _nanmean_std([s["hd95_mm"] for s in scored])}
-    report = {"model_id": segmenter.card.id, "protocol": "organs with ground truth in a case; HD95 in voxels "
-              "(TransUNet) and mm (MONAI, spacing-aware)", "cases": cases, "summary": summary}
+    for protocol, metric_keys in (("transunet", ("dice", "hd95")), ("physical", ("dice", "hd95_mm"))):
+        per_organ = {}
+        for organ in organs:
+            values = [c["organs"][organ][protocol] for c in cases.values() if organ in c["organs"]]
+            per_organ[organ] = {k: mean_std([v[k] for v in values]) for k in metric_keys}
+        overall = {}
+        for key in metric_keys:
+            organ_means = [per_organ[o][key]["mean"] for o in organs]
+            case_means = [float(np.nanmean([c["organs"][o][protocol][key] for o in c["organs"]]))
+                          if any(np.isfinite(c["organs"][o][protocol][key]) for o in c["organs"]) else float("nan")
+                          for c in cases.values()]
+            overall[key] = {"mean": mean_std(organ_means)["mean"], "std_over_cases": mean_std(case_means)["std"],
+                            "n_organs": mean_std(organ_means)["n"]}
+        summary[protocol] = {"organs": per_organ, "mean": overall}
+    return summary
+
+
+def _fmt(stats: Dict[str, float], scale: float = 1.0, digits: int = 2) -> str:
+    if not stats["n"]:
+        return "n/a"
+    return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
+
+
+def write_reports(report: Dict[str, Any], output: Path) -> Dict[str, Path]:
+    """``evaluation.json`` and ``evaluation.md`` in ``output`` (atomic writes)."""
     output.mkdir(parents=True, exist_ok=True)
-    (output / "evaluation.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    lines = [f"# Evaluation of {segmenter.card.id}", "", "| organ | Dice mean +/- std | HD95 (vox) | HD95 (mm) | cases |",
-             "|---|---|---|---|---|"]
-    for name, s in summary.items():
-        lines.append(f"| {name} | {s['dice']['mean']:.3f} +/- {s['dice']['std']:.3f} | "
-                     f"{s['hd95_voxels']['mean']:.1f} | {s['hd95_mm']['mean']:.1f} | {s['dice']['n']} |")
-    lines += ["", "Means over cases where the organ is in the ground truth. HD95 (vox) follows the TransUNet "
-              "protocol: a missed organ scores Dice 0 and HD95 0, so read HD95 together with Dice; HD95 (mm) is "
-              "spacing-aware and undefined (nan) when the organ was missed."]
-    md = output / "evaluation.md"
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return md
+    json_path = output / "evaluation.json"
+    _write_atomic(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False))
+    model = report["model"]
+    lines = [f"# Evaluation of {model.get('id') or model.get('architecture')}", "",
+             f"Model: `{model['source']}` ({model['architecture']}, input {model['input_size'][0]} px), backend "
+             f"**{model['backend']}**" + (" through the Lib's `segment_image`" if model["backend"] == "onnx" else "")
+             + f"; {len(report['cases'])} case(s): {', '.join(report['cases'])}.", ""]
+    tu, ph = report["summary"]["transunet"], report["summary"]["physical"]
+    lines += ["## TransUNet protocol (Dice %, HD95 in voxels)", "", PROTOCOLS["transunet"], "",
+              "| organ | Dice (%) mean ± std | HD95 (vox) mean ± std | cases |", "|---|---|---|---|"]
+    for organ, stats in tu["organs"].items():
+        lines.append(f"| {organ} | {_fmt(stats['dice'], 100)} | {_fmt(stats['hd95'])} | {stats['dice']['n']} |")
+    lines.append(f"| **mean** | **{tu['mean']['dice']['mean'] * 100:.2f}** | **{tu['mean']['hd95']['mean']:.2f}** | |")
+    lines += ["", "## Physical protocol (MONAI, HD95 in mm)", "", PROTOCOLS["physical"], "",
+              "| organ | Dice mean ± std | HD95 (mm) mean ± std | cases with organ |", "|---|---|---|---|"]
+    for organ, stats in ph["organs"].items():
+        lines.append(f"| {organ} | {_fmt(stats['dice'], 1, 3)} | {_fmt(stats['hd95_mm'])} | {stats['dice']['n']} |")
+    lines.append(f"| **mean** | **{ph['mean']['dice']['mean']:.3f}** | **{ph['mean']['hd95_mm']['mean']:.2f}** | |")
+    lines += ["", "## Per case (physical Dice)", "", "| case | " + " | ".join(tu["organs"]) + " |",
+              "|---" * (len(tu["organs"]) + 1) + "|"]
+    for name, case in report["cases"].items():
+        cells = []
+        for organ in tu["organs"]:
+            value = case["organs"].get(organ, {}).get("physical", {}).get("dice")
+            cells.append("—" if value is None else ("n/a" if not np.isfinite(value) else f"{value:.3f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "n/a: undefined (Dice: organ absent from every reference; HD95: organ absent or missed). "
+              "—: organ not annotated in that case.", ""]
+    md_path = output / "evaluation.md"
+    _write_atomic(md_path, "\n".join(lines))
+    return {"json": json_path, "markdown": md_path}
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None (JSON null), recursively: strict JSON readers reject NaN."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _class_names(num_classes: int) -> Dict[int, str]:
+    if num_classes == 9:
+        from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
+
+        return {organ.index: organ.name for organ in SYNAPSE_ORGANS}
+    return {i: f"class{i}" for i in range(1, num_classes)}

@@ -1,78 +1,156 @@
-"""Export a finished run as a release folder the Lib loads: ``model.onnx`` + ``registry.json``."""
+"""``kdseg-train export``: a release folder the Lib loads directly (``registry.json`` + ONNX).
+
+    kdseg-train export Training/configs/student_distill_demo.yaml
+    kdseg --registry runs/student_distill_demo/release/registry.json segment ct.nii.gz -o seg.nii.gz
+
+The registry entry (model card) records what a user needs to trust the file: SHA-256
+and size, the labels with names, colours and SNOMED CT codes, the input contract
+(size, HU window, ``window_to_unit`` normalisation, LPS axial slices), the metrics of
+``kdseg-train evaluate`` and how the weights were made (data, recipe, steps, compute).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
 
 from KDSegmentationLib.registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
 
-from .export import export_onnx, load_safetensors_model
+__all__ = ["write_release", "export_release", "training_record", "metrics_record"]
 
-__all__ = ["export_release"]
+_log = logging.getLogger("kdseg_train")
 
 
-def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, version: str = "0.1.0",
-                   evaluation: Optional[Path] = None, default: bool = True,
-                   comparisons: Optional[Dict[str, Path]] = None, extra_metrics: Optional[Dict[str, Any]] = None,
-                   intended_use: str = ("Demonstration weights trained on two patients; not for clinical use."),
-                   description: Optional[str] = None) -> Path:
-    """Export ``run_dir/final`` to ONNX in ``release_dir`` and add/replace its registry entry.
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_record(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    keep = ("name", "format", "image", "label", "root", "split", "task", "remap", "unlabeled", "slices")
+    return [{k: entry[k] for k in keep if k in entry} for entry in entries or []]
+
+
+def training_record(config: Dict[str, Any], run_dir: Optional[Path], step: Optional[int]) -> Dict[str, Any]:
+    """How the weights were made: data, recipe, steps and compute (from the run's summary)."""
+    summary: Dict[str, Any] = {}
+    if run_dir is not None and (Path(run_dir) / "summary.json").is_file():
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
+    distill = {k: v for k, v in (config.get("distill") or {}).items() if k == "teacher" or
+               (isinstance(v, dict) and float(v.get("weight", 0)) > 0)}
+    record: Dict[str, Any] = {
+        "kind": summary.get("kind", "distill" if distill.get("teacher") and len(distill) > 1 else "train"),
+        "steps": step if step is not None else summary.get("steps"),
+        "data": {"train": _data_record(config["data"].get("train")), "val": _data_record(config["data"].get("val")),
+                 "description": config.get("export", {}).get("training_data")},
+        "recipe": {"model": config["model"], "optim": config["optim"], "loss": config.get("loss"),
+                   "batch_size": config["data"]["batch_size"], "augment": config["data"].get("augment"),
+                   "hu_window": config["data"]["hu_window"], "max_steps": config["train"]["max_steps"],
+                   "seed": config["train"]["seed"], "distill": distill or None},
+        "compute": {k: summary[k] for k in ("device", "world_size", "threads", "wall_hours", "cpu_hours")
+                    if k in summary},
+        "framework": f"torch {torch.__version__}",
+    }
+    if step is not None and summary.get("steps") != step:
+        record["note"] = f"exported from the checkpoint at step {step} of {config['train']['max_steps']} (unfinished)"
+    if "validation" in summary:
+        record["validation_at_end"] = summary["validation"]
+    return record
+
+
+def metrics_record(evaluation: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The model card's ``metrics``: the evaluation summary (both protocols), its cases and model source."""
+    if not evaluation:
+        return {}
+    return {"evaluation": {"backend": evaluation["model"].get("backend"), "cases": list(evaluation["cases"]),
+                           "protocols": evaluation.get("protocols"), "summary": evaluation["summary"]}}
+
+
+def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, model_id: str, title: str,
+                  config: Dict[str, Any], step: Optional[int] = None, version: str = "0.1.0",
+                  description: Optional[str] = None, intended_use: str = "", evaluation: Optional[Dict] = None,
+                  extra_metrics: Optional[Dict[str, Any]] = None, default: bool = True,
+                  onnx_name: Optional[str] = None) -> Path:
+    """Export ``model`` to ONNX in ``release_dir`` and add (or replace) its entry in ``registry.json``.
 
     Args:
-        run_dir: a ``kdseg-train train``/``distill`` output folder.
-        release_dir: folder holding ``registry.json`` and the ONNX files (created if needed).
-        model_id / title / version: registry fields.
-        evaluation: JSON written by ``kdseg-train evaluate``; copied into ``metrics``.
-        comparisons: name -> evaluation JSON of other models (e.g. teacher, no-KD ablation);
-            their summaries go into ``metrics["comparisons"]``.
-        extra_metrics: further measured figures (e.g. latency) merged into ``metrics``.
+        model: trained network (CT: 1 input channel, 9 classes in Synapse order).
+        run_dir: its run folder (for ``summary.json``), or None.
+        release_dir: the release folder (created if needed; other entries are kept).
+        model_id / title / version / description / intended_use: card fields.
+        config: the run config (data, recipe, HU window).
+        step: training steps of these weights (default: from the run summary).
+        evaluation: report of :func:`kdseg_train.evaluation.evaluate` for ``metrics``.
+        extra_metrics: further measured figures merged into ``metrics``.
         default: make this model the registry's default.
+        onnx_name: file name (default ``model.onnx``, or ``<id>.onnx`` when another entry uses that name).
 
     Returns:
-        Path of the written ``registry.json``.
+        Path of ``registry.json``.
     """
-    run_dir, release_dir = Path(run_dir), Path(release_dir)
-    final = run_dir / "final"
-    model = load_safetensors_model(final)
-    meta = json.loads((final / "config.json").read_text(encoding="utf-8"))
-    file_name = f"{model_id}.onnx"
-    onnx_path = export_onnx(model, release_dir / file_name, model.img_size)
-    data = onnx_path.read_bytes()
-    run_config = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
-    training: Dict[str, Any] = {"architecture_config": meta["config"], "steps": meta.get("steps"),
-                                "kind": meta.get("kind"), "run_config_yaml": run_config}
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        training["summary"] = json.loads(summary.read_text(encoding="utf-8"))
-    metrics: Dict[str, Any] = {}
-    if evaluation is not None:
-        metrics = json.loads(Path(evaluation).read_text(encoding="utf-8"))
-    if comparisons:
-        metrics["comparisons"] = {name: json.loads(Path(path).read_text(encoding="utf-8"))["summary"]
-                                  for name, path in comparisons.items()}
-    if extra_metrics:
-        metrics.update(extra_metrics)
-    card = ModelCard(
-        id=model_id, title=title, version=version,
-        description=description or f"{meta['config']['name']} ({meta['config']['attention']}), "
-                                   f"{model.img_size}x{model.img_size} axial slices, 8 abdominal organs",
-        architecture=meta["config"]["name"], file=file_name, size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), urls=(file_name,),
-        input=InputSpec(1, model.img_size, model.img_size, (-125.0, 275.0)),
-        labels=labels_from_anatomy(), training=training, metrics=metrics, license="Apache-2.0",
-        intended_use=intended_use)
+    from .evaluation import json_safe
+    from .export import export_onnx
+
+    if getattr(model, "in_channels", 1) != 1 or getattr(model, "num_classes", 9) != 9:
+        raise ValueError("the Lib segments CT with the 8 Synapse organs: only 1-channel, 9-class models can be "
+                         f"released (this one has {model.in_channels} channels, {model.num_classes} classes); "
+                         "use kdseg_train.export.export_onnx for other models")
+    release_dir = Path(release_dir)
+    release_dir.mkdir(parents=True, exist_ok=True)
     registry_path = release_dir / "registry.json"
-    cards = []
-    default_id = model_id if default else None
+    others: List[ModelCard] = []
+    default_id: Optional[str] = model_id
     if registry_path.is_file():
         existing = load_registry(registry_path)
-        cards = [c for c in existing.models.values() if c.id != model_id]
+        others = [card for card in existing.models.values() if card.id != model_id]
         if not default:
             default_id = existing.default_model_id
-    write_registry(registry_path, cards + [card], default_id)
-    load_registry(registry_path)  # validate what was written
+    if onnx_name is None:
+        onnx_name = "model.onnx" if all(card.file != "model.onnx" for card in others) else f"{model_id}.onnx"
+    onnx_path = export_onnx(model, release_dir / onnx_name, model.img_size)
+    low, high = (float(v) for v in config["data"]["hu_window"])
+    metrics = metrics_record(evaluation)
+    metrics.update(extra_metrics or {})
+    card = ModelCard(
+        id=model_id, title=title, version=version,
+        description=description or (f"{model.config.name} ({model.config.attention.upper()}), "
+                                    f"{model.img_size}x{model.img_size} axial CT slices, 8 abdominal organs"),
+        architecture=model.config.name, file=onnx_name, size_bytes=onnx_path.stat().st_size,
+        sha256=_sha256(onnx_path), urls=(onnx_name,),
+        input=InputSpec(channels=1, height=model.img_size, width=model.img_size, hu_window=(low, high),
+                        normalization="window_to_unit", slice_orientation="LPS"),
+        labels=labels_from_anatomy(), training=json_safe(training_record(config, run_dir, step)),
+        metrics=json_safe(metrics), license="Apache-2.0", intended_use=intended_use)
+    write_registry(registry_path, others + [card], default_id)
+    load_registry(registry_path)  # what was written must validate
     return registry_path
+
+
+def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, config: Dict[str, Any],
+                   evaluation_path: Optional[Path] = None, from_checkpoint: bool = False, **card: Any) -> Path:
+    """Release the final weights (or, with ``from_checkpoint``, the latest checkpoint) of a run folder."""
+    from .evaluation import ModelSource, load_run_model
+
+    run_dir = Path(run_dir)
+    if not from_checkpoint and not (run_dir / "final" / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{run_dir} has no final/model.safetensors: the run has not finished. Finish it "
+                                "(same command plus --resume), or export its latest checkpoint with --checkpoint")
+    model, step = load_run_model(ModelSource("run", run_dir, model_id, from_checkpoint))
+    evaluation = None
+    if evaluation_path is not None:
+        evaluation_path = Path(evaluation_path)
+        if not evaluation_path.is_file():
+            raise FileNotFoundError(f"evaluation report {evaluation_path} does not exist; run kdseg-train evaluate "
+                                    "first or leave --evaluation out")
+        evaluation = json.loads(evaluation_path.read_text(encoding="utf-8"))
+    return write_release(model, run_dir, release_dir, model_id, title, config, step=step, evaluation=evaluation,
+                         **card)
