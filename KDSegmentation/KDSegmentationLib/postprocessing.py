@@ -59,9 +59,14 @@ def largest_component_and_fill(labels: np.ndarray, label_values: Iterable[int]) 
         box = _bounding_box(mask)
         organ = sitk.GetImageFromArray(mask[box].view(np.uint8))
         del mask
-        components = sitk.RelabelComponent(sitk.ConnectedComponent(organ, True), sortByObjectSize=True)
-        largest = sitk.BinaryFillhole(components == 1, fullyConnected=False)
-        cleaned = sitk.GetArrayViewFromImage(largest).astype(bool)
+        components = sitk.ConnectedComponent(organ, True)
+        component_ids = sitk.GetArrayViewFromImage(components)
+        sizes = np.bincount(component_ids.ravel())
+        sizes[0] = 0
+        largest = sitk.GetImageFromArray((component_ids == sizes.argmax()).view(np.uint8))
+        del component_ids, components
+        filled = sitk.BinaryFillhole(largest, fullyConnected=False)
+        cleaned = sitk.GetArrayFromImage(filled).astype(bool)
         region = labels[box]
         region[(region == value) & ~cleaned] = 0
         region[cleaned & (region == 0)] = value

@@ -64,6 +64,21 @@ def test_argmax_of_resized_class_maps_equals_full_argmax(real_slices):
     assert (argmax_resized(tied, (8, 8)) == 0).all()
 
 
+def test_argmax_shortcut_on_organ_shaped_maps_is_exact(shared_data):
+    """Most pixels take the shortcut (all four sources agree); the answer must not change."""
+    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz"))))[55:63]
+    organ_ids = [52, 4, 3, 2, 5, 7, 1, 6]
+    onehot = np.stack([~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids], axis=1).astype(np.float32)
+    logits = 8 * resize_slices(onehot, (64, 64)) - 4
+    expected = resize_channels(logits, (512, 512)).argmax(axis=1)
+    result = argmax_resized(logits, (512, 512))
+    np.testing.assert_array_equal(result, expected)
+    assert len(np.unique(result)) >= 5  # several organs, so many boundaries were interpolated
+    one_class = argmax_resized(logits[:, :1], (300, 200))
+    assert one_class.shape == (8, 300, 200) and not one_class.any()
+
+
 def test_constant_is_exact_and_size_unchanged_is_a_copy():
     const = resize_slices(np.full((2, 101, 122), 0.25, np.float32), (64, 64))
     np.testing.assert_allclose(const, 0.25, atol=1e-7)
