@@ -59,7 +59,7 @@ def registry_for_onnx(onnx: Path, img_size: int, directory: Path) -> Path:
 def _realistic_class_maps(classes: int, model_hw: int, batch: int) -> np.ndarray:
     """Scores shaped like a model's: one-hot organ maps of the real reference segmentation, smoothed."""
     seg_path = DATA.parent / "example_seg_fast_force_split.nii.gz"
-    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(str(seg_path))))[60:60 + batch]
+    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(str(seg_path))))[84:84 + batch]  # all 8 organs
     organ_ids = [52, 4, 3, 2, 5, 7, 1, 6][: classes - 1]  # TotalSegmentator ids in Synapse order
     maps = [~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids]
     onehot = np.stack(maps, axis=1).astype(np.float32)
