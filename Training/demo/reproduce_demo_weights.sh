@@ -13,7 +13,7 @@ kdseg-train distill $C/student_distill_demo.yaml --set output=$RUNS/student_dist
 
 # Evaluate all three through the Lib's ONNX pipeline on the validation cases (data.val).
 for run in teacher_demo student_nokd_demo student_distill_demo; do
-  kdseg-train export   $C/$run.yaml --run "$RUNS/$run" --release "$RUNS/eval_release/$run" --evaluation /dev/null
+  kdseg-train export   $C/$run.yaml --run "$RUNS/$run" --release "$RUNS/eval_release/$run"
   kdseg-train evaluate $C/$run.yaml --model "$RUNS/eval_release/$run/registry.json" -o "$RUNS/eval/$run"
 done
 

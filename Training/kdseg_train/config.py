@@ -48,6 +48,7 @@ DEFAULTS: Dict[str, Any] = {
         "keep_checkpoints": 2,
         "val_every": 500,
         "log_every": 1,
+        "sync_batchnorm": True,  # DDP on GPUs: BatchNorm statistics over the global batch
         "tensorboard": True,
         "figures": True,
     },

@@ -16,7 +16,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "select_device"]
+__all__ = ["DistributedContext", "init_distributed", "select_device", "gather_batch"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,36 @@ def init_distributed(device_request: str = "auto", timeout_minutes: float = 30.0
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=timedelta(minutes=timeout_minutes))
     return DistributedContext(rank, world_size, local_rank, backend)
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands every rank the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size:(ctx.rank + 1) * ctx.size]
+
+
+def gather_batch(tensor: torch.Tensor, with_gradient: bool) -> torch.Tensor:
+    """The global batch (ranks concatenated in order along dim 0) of an equally sized local batch.
+
+    With ``with_gradient``, a loss computed identically on every rank from the gathered
+    tensor back-propagates W times the true gradient into each local slice, which
+    DistributedDataParallel's averaging over W ranks turns into exactly the gradient of
+    that loss on the global batch. This keeps batch-level statistics such as TransUNet's
+    batch Dice identical to a single-process run.
+    """
+    if with_gradient:
+        return _GatherWithGradient.apply(tensor)
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

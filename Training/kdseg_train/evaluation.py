@@ -55,7 +55,6 @@ def resolve_model_source(config: Dict[str, Any], model: Optional[Path], model_id
                          checkpoint: bool = False) -> ModelSource:
     """``--model`` (a registry JSON or a run folder) or the config's own run folder."""
     path = Path(model) if model is not None else Path(config["output"])
-    model_id = model_id or (config.get("export") or {}).get("model_id")
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"registry {path} does not exist")
@@ -66,7 +65,7 @@ def resolve_model_source(config: Dict[str, Any], model: Optional[Path], model_id
     if not checkpoint and not (path / "final" / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} has no final/model.safetensors (the run has not finished); finish it with "
                                 "--resume, or evaluate its latest checkpoint with --checkpoint")
-    return ModelSource("run", path, model_id, checkpoint)
+    return ModelSource("run", path, model_id or (config.get("export") or {}).get("model_id"), checkpoint)
 
 
 def load_run_model(source: ModelSource):

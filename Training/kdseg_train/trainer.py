@@ -123,17 +123,29 @@ class TrainingObjective(nn.Module):
         self.model = model
         self.seg_loss = seg_loss
         self.criterion = criterion
+        self.global_batch_loss = False
 
     @property
     def needs_features(self) -> bool:
         return bool(self.criterion is not None and getattr(self.criterion, "needs_features", False))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, teacher_out: Any = None) -> Dict[str, torch.Tensor]:
-        """Loss terms for a batch: images (B, C, S, S), labels (B, S, S) -> {"total", "seg", <kd terms>}."""
+        """Loss terms for a batch: images (B, C, S, S), labels (B, S, S) -> {"total", "seg", <kd terms>}.
+
+        With :attr:`global_batch_loss` (set under DistributedDataParallel) the segmentation
+        loss, whose Dice term is a statistic of the whole batch, is computed on the logits
+        of all processes, so it equals the single-process loss on the same global batch.
+        """
         features = self.needs_features
         out = self.model(images, return_features=features) if features else self.model(images)
         logits = out.logits if features else out
-        terms: Dict[str, torch.Tensor] = {"seg": self.seg_loss(logits.float(), labels)}
+        if self.global_batch_loss:
+            from .distributed import gather_batch
+
+            seg = self.seg_loss(gather_batch(logits.float(), True), gather_batch(labels, False))
+        else:
+            seg = self.seg_loss(logits.float(), labels)
+        terms: Dict[str, torch.Tensor] = {"seg": seg}
         if self.criterion is not None:
             _, kd_terms = self.criterion(out, teacher_out, labels)
             terms.update({k: v.float() for k, v in kd_terms.items()})
@@ -216,6 +228,9 @@ class Trainer:
             load_cases(data_cfg.get("val") or [], data_cfg["hu_window"], self.num_classes, self.img_size)
             if self.ctx.is_main else [])
         self.global_batch = int(data_cfg["batch_size"])
+        # Checked now, before the run folder is created: batch size vs data and process count.
+        BatchPlan(len(self.dataset), self.global_batch, self.seed, 0, self.max_steps, self.ctx.rank,
+                  self.ctx.world_size)
         self._stop_signal: Optional[int] = None
         self._wall_before = 0.0
         self._cpu_before = 0.0
@@ -236,7 +251,22 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _step(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    def engine(self) -> nn.Module:
+        """The module the loop calls: the objective, wrapped in DistributedDataParallel under torchrun."""
+        if not self.ctx.enabled:
+            return self.objective
+        self.objective.global_batch_loss = True
+        if self.device.type == "cuda" and self.config["train"].get("sync_batchnorm", True):
+            # BatchNorm statistics over the global batch, as one process would compute them
+            # (PyTorch's SyncBatchNorm runs on GPUs only; on CPU each process normalises its share).
+            self.objective.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective.model)
+            self.model = self.objective.model
+        return nn.parallel.DistributedDataParallel(
+            self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def forward_backward(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor
+                         ) -> Dict[str, torch.Tensor]:
+        """Loss terms of one batch with gradients accumulated into the parameters (scaled under fp16 AMP)."""
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         teacher_out = None
@@ -248,6 +278,10 @@ class Trainer:
             terms = engine(images, labels, teacher_out)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total"]).backward()
+        return terms
+
+    def _step(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+        terms = self.forward_backward(engine, images, labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -380,10 +414,7 @@ class Trainer:
 
             bar = tqdm(total=self.max_steps, initial=step, desc="distill" if self.distill else "train", unit="step",
                        dynamic_ncols=True)
-        engine: nn.Module = self.objective
-        if self.ctx.enabled:
-            engine = nn.parallel.DistributedDataParallel(
-                self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        engine = self.engine()
         previous = {sig: signal.signal(sig, self._handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         started_wall, started_cpu = time.time(), time.process_time()
         checkpoint_every = max(1, int(train_cfg["checkpoint_every"]))
