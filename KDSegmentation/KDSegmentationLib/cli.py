@@ -153,6 +153,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # Everything that can be checked cheaply is checked before reading the volume,
     # downloading weights or loading the model.
     check_output_path(args.output)
+    if Path(source).expanduser().resolve() == args.output.expanduser().resolve():
+        raise OutputError(f"Output {args.output} is the input file; writing it would replace the CT.",
+                          "Choose another output path.")
     if args.volumes_json is not None:
         _check_json_path(args.volumes_json)
     registry = load_registry(args.registry)

@@ -52,8 +52,7 @@ def _looks_like_dicom_file(path: Path) -> bool:
 
 @contextmanager
 def _itk_warnings_silenced() -> Iterator[None]:
-    """GDCM's series scan warns on stderr about folders without DICOM files; the caller
-    turns that case into one clear error instead."""
+    """Mute ITK's process-wide warning output for a moment (GDCM prints "No Series were found")."""
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -63,6 +62,12 @@ def _itk_warnings_silenced() -> Iterator[None]:
 
 
 def _series_ids(folder: Union[str, Path]) -> Tuple[str, ...]:
+    # GDCM warns on stderr when a folder has no series; that case becomes one clear error
+    # here. The warning switch is process-wide, so it is only touched for folders without
+    # any file carrying the DICOM preamble (rare old files lack it, hence not skipped).
+    has_dicom = any(entry.is_file() and _looks_like_dicom_file(Path(entry.path)) for entry in os.scandir(folder))
+    if has_dicom:
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
     with _itk_warnings_silenced():
         return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
 

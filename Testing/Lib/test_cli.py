@@ -212,6 +212,15 @@ def test_unwritable_output(capsys, plumbing_registry, tmp_path, make_path, expec
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_output_that_is_the_input_is_refused(capsys, plumbing_registry, tmp_path, shared_data):
+    ct = tmp_path / "ct.nii.gz"
+    shutil.copy(shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz", ct)
+    before = ct.read_bytes()
+    code, _, stderr = _run(capsys, plumbing_registry, "segment", ct, "-o", tmp_path / "." / "ct.nii.gz")
+    assert code == EXIT_OUTPUT and "is the input file" in stderr
+    assert ct.read_bytes() == before
+
+
 def test_ctrl_c_during_inference_leaves_no_file_and_keeps_an_existing_one(capsys, plumbing_registry, tmp_path,
                                                                           monkeypatch):
     from KDSegmentationLib.engine import InferenceEngine

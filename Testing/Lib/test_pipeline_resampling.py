@@ -55,6 +55,9 @@ def test_argmax_of_resized_class_maps_equals_full_argmax(real_slices):
     logits = np.stack([small * rng.uniform(-3, 3) + rng.normal(0, 0.3, small.shape) for _ in range(9)], 1)
     logits = logits.astype(np.float32)
     expected = resize_channels(logits, (512, 512)).argmax(axis=1)
+    # Noise: almost every pixel is a boundary (the dense path).
+    noise = rng.normal(size=logits.shape).astype(np.float32)
+    np.testing.assert_array_equal(argmax_resized(noise, (512, 512)), resize_channels(noise, (512, 512)).argmax(1))
     out = np.full((6, 512, 512), 99, np.uint8)
     result = argmax_resized(logits, (512, 512), out=out)
     assert result is out
