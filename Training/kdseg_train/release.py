@@ -92,7 +92,8 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
         evaluation: report of :func:`kdseg_train.evaluation.evaluate` for ``metrics``.
         extra_metrics: further measured figures merged into ``metrics``.
         default: make this model the registry's default.
-        onnx_name: file name (default ``model.onnx``, or ``<id>.onnx`` when another entry uses that name).
+        onnx_name: file name (default: the replaced entry's file, else ``model.onnx`` when the registry holds
+            no other model, else ``<id>.onnx``).
 
     Returns:
         Path of ``registry.json``.
@@ -108,14 +109,17 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
     release_dir.mkdir(parents=True, exist_ok=True)
     registry_path = release_dir / "registry.json"
     others: List[ModelCard] = []
+    replaced: List[str] = []
     default_id: Optional[str] = model_id
     if registry_path.is_file():
         existing = load_registry(registry_path)
         others = [card for card in existing.models.values() if card.id != model_id]
+        replaced = [card.file for card in existing.models.values() if card.id == model_id]
         if not default:
             default_id = existing.default_model_id
     if onnx_name is None:
-        onnx_name = "model.onnx" if all(card.file != "model.onnx" for card in others) else f"{model_id}.onnx"
+        # A release of one model holds model.onnx; in a shared folder each file is named by its id.
+        onnx_name = replaced[0] if replaced else ("model.onnx" if not others else f"{model_id}.onnx")
     onnx_path = export_onnx(model, release_dir / onnx_name, model.img_size)
     low, high = (float(v) for v in config["data"]["hu_window"])
     metrics = metrics_record(evaluation)
