@@ -3,7 +3,14 @@
 Each entry describes one deployable ONNX model: where its weights are and how to
 verify them, what input it expects, which labels it outputs (names, colours,
 SNOMED CT codes) and how it was trained and measured. Validation runs on load and
-names the offending model and field, so a broken registry never reaches inference.
+names the offending model and field path (``models[0].labels[3].color``), so a
+broken registry never reaches inference.
+
+Two layers check an entry: the Lib's own checks, which need nothing beyond the
+standard library (3D Slicer does not ship ``jsonschema``) and cover every rule of
+the schema plus the ones JSON Schema cannot express (label indices in order, unique
+names, ``low < high``); then, when ``jsonschema`` is importable, the schema file
+itself, so the two can never drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -12,26 +19,49 @@ import json
 import os
 import re
 import tempfile
+import urllib.parse
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .anatomy import ANATOMICAL_STRUCTURE, SYNAPSE_ORGANS, OrganLabel
 from .errors import ModelNotFoundError, RegistryError
-from .resources import registry_path
+from .resources import models_dir, registry_path
 
-__all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "card_from_dict",
-           "card_to_dict", "write_registry", "labels_from_anatomy", "REGISTRY_SCHEMA_VERSION"]
+__all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "validate_registry_data",
+           "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",
+           "REGISTRY_SCHEMA_VERSION", "NORMALIZATIONS"]
 
 REGISTRY_SCHEMA_VERSION = 1
+NORMALIZATIONS = ("window_to_unit",)
+SCHEMA_FILE_NAME = "registry.schema.json"
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-NORMALIZATIONS = ("window_to_unit",)
+_ORIENTATION = re.compile(r"^[LRAPSI]{3}$")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+_TOP_KEYS = {"$schema", "schema_version", "default_model_id", "models"}
+_MODEL_REQUIRED = ("id", "title", "version", "description", "architecture", "file", "size_bytes", "sha256",
+                   "urls", "input", "labels", "training", "metrics", "license", "intended_use")
+_INPUT_REQUIRED = ("channels", "height", "width", "hu_window")
+_INPUT_KEYS = set(_INPUT_REQUIRED) | {"normalization", "slice_orientation", "input_name", "output_name"}
+_LABEL_KEYS = {"index", "name", "display_name", "color", "terminology"}
+_CODED_KEYS = ("scheme", "code", "meaning")
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the ONNX graph expects: (N, channels, height, width) float32 slices."""
+    """What the ONNX graph expects: (N, channels, height, width) float32 slices.
+
+    Args:
+        channels: input channels (1 for CT).
+        height / width: slice size in pixels the graph was exported for.
+        hu_window: (low, high) Hounsfield units mapped to [0, 1].
+        normalization: how HU become model input; only "window_to_unit" exists.
+        slice_orientation: orientation of the canonical volume the slices come from.
+        input_name / output_name: ONNX tensor names.
+    """
 
     channels: int
     height: int
@@ -45,7 +75,16 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class LabelInfo:
-    """One output class. ``terminology`` holds category/type/type_modifier codes or is None."""
+    """One output class.
+
+    Args:
+        index: channel of the logits and voxel value in the label map.
+        name: machine name (``--structures``), unique within a model.
+        display_name: name shown to users and given to Slicer segments.
+        color: RGB 0-255.
+        terminology: ``{"category": c, "type": t, "type_modifier": m or None}``, each
+            ``{"scheme", "code", "meaning"}`` as Slicer's terminology uses them, or None.
+    """
 
     index: int
     name: str
@@ -79,10 +118,15 @@ class ModelCard:
         return len(self.labels)
 
     def foreground_labels(self) -> List[LabelInfo]:
+        """All labels except background (index 0), in index order."""
         return [label for label in self.labels if label.index != 0]
 
     def label_by_name(self, name: str) -> LabelInfo:
-        """The label called ``name`` (case-insensitive; display names accepted too)."""
+        """The foreground label called ``name`` (case-insensitive; display names accepted too).
+
+        Raises:
+            ModelNotFoundError: no such structure; the message lists the valid names.
+        """
         key = name.strip().lower()
         for label in self.foreground_labels():
             if key in (label.name.lower(), label.display_name.lower()):
@@ -93,7 +137,7 @@ class ModelCard:
 
 
 def labels_from_anatomy(organs: Sequence[OrganLabel] = SYNAPSE_ORGANS) -> Tuple[LabelInfo, ...]:
-    """Background plus ``organs`` with their colours and SNOMED CT codes."""
+    """Background plus ``organs`` with their colours and SNOMED CT codes (from :mod:`.anatomy`)."""
     labels = [LabelInfo(0, "background", "Background", (0, 0, 0), None)]
     for organ in organs:
         terminology = {
@@ -107,118 +151,266 @@ def labels_from_anatomy(organs: Sequence[OrganLabel] = SYNAPSE_ORGANS) -> Tuple[
 
 # --- validation -------------------------------------------------------------------
 
-def _fail(where: str, problem: str, registry: Optional[Path]) -> RegistryError:
-    source = f" in {registry}" if registry else ""
-    return RegistryError(f"Invalid model registry entry{source}: {where}: {problem}.",
-                         "Fix the entry or re-export the model with `kdseg-train export`.")
+class _Invalid(Exception):
+    """One rule broken at ``path`` (turned into a RegistryError naming file and model)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
-def _require(data: Dict[str, Any], key: str, kind: Union[type, Tuple[type, ...]], where: str,
-             registry: Optional[Path]) -> Any:
-    if key not in data:
-        raise _fail(f"{where}.{key}", "missing", registry)
-    value = data[key]
-    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise _fail(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got a boolean", registry)
-    if not isinstance(value, kind):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _fail(f"{where}.{key}", f"expected {name}, got {type(value).__name__}", registry)
+def _registry_error(problem: _Invalid, source: Optional[Path], model_id: Optional[str]) -> RegistryError:
+    where = f" {source}" if source else ""
+    model = f"model {model_id!r}, " if model_id else ""
+    return RegistryError(f"Invalid model registry{where}: {model}field {problem.path}: {problem.problem}.",
+                         "Fix the entry, or re-export the model with `kdseg-train export`.")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _object(value: Any, path: str, required: Iterable[str] = (), allowed: Optional[Iterable[str]] = None
+            ) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected an object, got {_short(value)}")
+    for key in required:
+        if key not in value:
+            raise _Invalid(f"{path}.{key}" if path else key, "missing")
+    if allowed is not None:
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise _Invalid(f"{path}.{unknown[0]}" if path else unknown[0],
+                           f"unknown field (allowed: {', '.join(sorted(allowed))})")
     return value
 
 
-def _coded(value: Any, where: str, registry: Optional[Path]) -> Optional[Dict[str, str]]:
+def _string(value: Any, path: str, non_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(path, f"expected a string, got {_short(value)}")
+    if non_empty and not value:
+        raise _Invalid(path, "must not be empty")
+    return value
+
+
+def _positive_int(value: Any, path: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise _Invalid(path, f"expected a positive integer, got {_short(value)}")
+    return value
+
+
+def url_is_allowed(url: str) -> bool:
+    """A registry location: https://, file://, http:// to this machine, or a relative path.
+
+    Relative paths resolve against the registry's folder and may not leave it.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme:
+        path = PurePosixPath(url.replace("\\", "/"))
+        return bool(url) and not path.is_absolute() and ".." not in path.parts and ":" not in url
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    if parts.scheme == "http":
+        return parts.hostname in _LOCAL_HOSTS
+    return parts.scheme == "file" and bool(parts.path)
+
+
+def _coded(value: Any, path: str) -> Dict[str, str]:
+    data = _object(value, path, _CODED_KEYS, _CODED_KEYS)
+    for key in _CODED_KEYS:
+        text = _string(data[key], f"{path}.{key}", non_empty=True)
+        if "^" in text or "~" in text:
+            raise _Invalid(f"{path}.{key}", "must not contain '^' or '~' (Slicer terminology separators)")
+    return {key: data[key] for key in _CODED_KEYS}
+
+
+def _terminology(value: Any, path: str) -> Optional[Dict[str, Optional[Dict[str, str]]]]:
     if value is None:
         return None
-    if not isinstance(value, dict):
-        raise _fail(where, "expected an object with scheme, code, meaning", registry)
-    for key in ("scheme", "code", "meaning"):
-        if not isinstance(value.get(key), str) or not value[key]:
-            raise _fail(f"{where}.{key}", "missing or empty", registry)
-        if "^" in value[key] or "~" in value[key]:
-            raise _fail(f"{where}.{key}", "must not contain '^' or '~' (terminology separators)", registry)
-    return {k: value[k] for k in ("scheme", "code", "meaning")}
+    data = _object(value, path, ("category", "type"), ("category", "type", "type_modifier"))
+    modifier = data.get("type_modifier")
+    return {"category": _coded(data["category"], f"{path}.category"),
+            "type": _coded(data["type"], f"{path}.type"),
+            "type_modifier": None if modifier is None else _coded(modifier, f"{path}.type_modifier")}
 
 
-def _url_ok(url: str) -> bool:
-    if "://" not in url:
-        return not url.startswith("/") and ".." not in Path(url).parts
-    return url.startswith(("https://", "file://", "http://127.0.0.1", "http://localhost", "http://[::1]"))
+def _input_spec(value: Any, path: str) -> InputSpec:
+    spec = _object(value, path, _INPUT_REQUIRED, _INPUT_KEYS)
+    channels, height, width = (_positive_int(spec[key], f"{path}.{key}") for key in ("channels", "height", "width"))
+    window = spec["hu_window"]
+    if (not isinstance(window, list) or len(window) != 2 or not all(_is_number(v) for v in window)
+            or window[0] >= window[1]):
+        raise _Invalid(f"{path}.hu_window", f"must be [low, high] numbers with low < high, got {_short(window)}")
+    normalization = spec.get("normalization", "window_to_unit")
+    if normalization not in NORMALIZATIONS:
+        raise _Invalid(f"{path}.normalization", f"{_short(normalization)} is not one of {', '.join(NORMALIZATIONS)}")
+    orientation = _string(spec.get("slice_orientation", "LPS"), f"{path}.slice_orientation")
+    if not _ORIENTATION.match(orientation):
+        raise _Invalid(f"{path}.slice_orientation", f"{orientation!r} is not a 3-letter orientation code like 'LPS'")
+    input_name = _string(spec.get("input_name", "image"), f"{path}.input_name", non_empty=True)
+    output_name = _string(spec.get("output_name", "logits"), f"{path}.output_name", non_empty=True)
+    return InputSpec(channels, height, width, (float(window[0]), float(window[1])), normalization, orientation,
+                     input_name, output_name)
+
+
+def _label(value: Any, position: int, path: str) -> LabelInfo:
+    raw = _object(value, path, ("index", "name", "color"), _LABEL_KEYS)
+    index = raw["index"]
+    if not _is_int(index) or index != position:
+        raise _Invalid(f"{path}.index", f"expected {position} (labels are listed in index order from 0, "
+                       f"background first), got {_short(index)}")
+    name = _string(raw["name"], f"{path}.name", non_empty=True)
+    display_name = _string(raw.get("display_name", name), f"{path}.display_name", non_empty=True)
+    color = raw["color"]
+    if not isinstance(color, list) or len(color) != 3 or not all(_is_int(c) and 0 <= c <= 255 for c in color):
+        raise _Invalid(f"{path}.color", f"must be three integers 0-255, got {_short(color)}")
+    return LabelInfo(index, name, display_name, (color[0], color[1], color[2]),
+                     _terminology(raw.get("terminology"), f"{path}.terminology"))
+
+
+def _card(data: Any, path: str) -> ModelCard:
+    raw = _object(data, path, ("id",))
+    model_id = _string(raw["id"], f"{path}.id")
+    if not _ID.match(model_id):
+        raise _Invalid(f"{path}.id", f"{model_id!r} must be lowercase letters, digits, '.', '_' or '-'")
+    raw = _object(data, path, _MODEL_REQUIRED, _MODEL_REQUIRED)
+    for key in ("title", "version", "description", "architecture", "license", "intended_use"):
+        _string(raw[key], f"{path}.{key}")
+    file_name = _string(raw["file"], f"{path}.file", non_empty=True)
+    if "/" in file_name or "\\" in file_name or not file_name.endswith(".onnx") or file_name == ".onnx":
+        raise _Invalid(f"{path}.file", f"{file_name!r} must be a bare .onnx file name (no folders)")
+    size = _positive_int(raw["size_bytes"], f"{path}.size_bytes")
+    sha = _string(raw["sha256"], f"{path}.sha256")
+    if not _SHA256.match(sha):
+        raise _Invalid(f"{path}.sha256", f"must be 64 lowercase hex digits, got {_short(sha)}")
+    urls = raw["urls"]
+    if not isinstance(urls, list) or not urls:
+        raise _Invalid(f"{path}.urls", "must list at least one location of the file")
+    for i, url in enumerate(urls):
+        if not isinstance(url, str) or not url_is_allowed(url):
+            raise _Invalid(f"{path}.urls[{i}]", f"{_short(url)} must be an https:// or file:// URL, http:// only "
+                           "to localhost, or a path relative to the registry folder")
+    spec = _input_spec(raw["input"], f"{path}.input")
+    raw_labels = raw["labels"]
+    if not isinstance(raw_labels, list) or len(raw_labels) < 2:
+        raise _Invalid(f"{path}.labels", "must list background (index 0) and at least one structure")
+    labels = [_label(value, i, f"{path}.labels[{i}]") for i, value in enumerate(raw_labels)]
+    seen: Dict[str, int] = {}
+    for label in labels:
+        if label.name in seen:
+            raise _Invalid(f"{path}.labels[{label.index}].name",
+                           f"{label.name!r} is already the name of labels[{seen[label.name]}]")
+        seen[label.name] = label.index
+    for key in ("training", "metrics"):
+        _object(raw[key], f"{path}.{key}")
+    return ModelCard(model_id, raw["title"], raw["version"], raw["description"], raw["architecture"], file_name,
+                     size, sha, tuple(urls), spec, tuple(labels), dict(raw["training"]), dict(raw["metrics"]),
+                     raw["license"], raw["intended_use"])
+
+
+def _model_id_at(data: Any, path: Sequence[Any]) -> Optional[str]:
+    """The id of the model a JSON path points into (``models[i]...``), if readable."""
+    if len(path) >= 2 and path[0] == "models" and isinstance(data, dict) and isinstance(data.get("models"), list):
+        index = path[1]
+        if isinstance(index, int) and 0 <= index < len(data["models"]):
+            entry = data["models"][index]
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                return entry["id"]
+    return None
+
+
+def _format_path(parts: Sequence[Any]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(registry)"
+
+
+def schema_path() -> Path:
+    """The registry's JSON Schema shipped with the extension."""
+    return models_dir() / SCHEMA_FILE_NAME
+
+
+def _schema_check(data: Any, source: Optional[Path]) -> None:
+    """Validate against the JSON Schema file when ``jsonschema`` is importable (it is optional at runtime)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    path = schema_path()
+    if not path.is_file():
+        return  # the Lib's own checks already ran; a missing schema file is a packaging matter
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    validator_class = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(data))
+    if error is not None:
+        parts = list(error.absolute_path)
+        problem = _Invalid(_format_path(parts), f"{error.message[:200]} (schema rule {error.validator!r})")
+        raise _registry_error(problem, source, _model_id_at(data, parts))
+
+
+def validate_registry_data(data: Any, source: Optional[Path] = None) -> Tuple[Dict[str, ModelCard], Optional[str]]:
+    """Check a parsed registry and build its cards.
+
+    Args:
+        data: the parsed JSON document.
+        source: the file it came from (named in errors), or None.
+
+    Returns:
+        (cards by id in file order, default model id or None).
+
+    Raises:
+        RegistryError: naming the file, the model id and the field path, e.g.
+            ``model 'x', field models[0].labels[3].color: must be three integers 0-255``.
+    """
+    models: Dict[str, ModelCard] = {}
+    model_id: Optional[str] = None
+    try:
+        top = _object(data, "", ("schema_version", "models"), _TOP_KEYS)
+        if top["schema_version"] != REGISTRY_SCHEMA_VERSION or isinstance(top["schema_version"], bool):
+            raise _Invalid("schema_version", f"expected {REGISTRY_SCHEMA_VERSION}, got {_short(top['schema_version'])}"
+                           " (this KDSegmentation version reads registry schema version "
+                           f"{REGISTRY_SCHEMA_VERSION})")
+        if not isinstance(top["models"], list):
+            raise _Invalid("models", f"expected a list, got {_short(top['models'])}")
+        for i, raw in enumerate(top["models"]):
+            model_id = _model_id_at(top, ["models", i])
+            card = _card(raw, f"models[{i}]")
+            if card.id in models:
+                raise _Invalid(f"models[{i}].id", f"duplicate id {card.id!r}")
+            models[card.id] = card
+        model_id = None
+        default = top.get("default_model_id")
+        if default is not None and (not isinstance(default, str) or default not in models):
+            raise _Invalid("default_model_id", f"{_short(default)} is not the id of a listed model"
+                           + (f" ({', '.join(models)})" if models else " (the registry lists none)"))
+    except _Invalid as problem:
+        raise _registry_error(problem, source, model_id) from None
+    _schema_check(data, source)
+    return models, default
 
 
 def card_from_dict(data: Any, where: str = "model", registry: Optional[Path] = None) -> ModelCard:
-    """Validate one entry and build its :class:`ModelCard`; errors name ``where`` + field."""
-    if not isinstance(data, dict):
-        raise _fail(where, "expected an object", registry)
-    model_id = _require(data, "id", str, where, registry)
-    if not _ID.match(model_id):
-        raise _fail(f"{where}.id", f"{model_id!r} must be lowercase letters, digits, '.', '_' or '-'", registry)
-    where = f"{where} ({model_id})"
-    for key in ("title", "version", "description", "architecture", "file", "license", "intended_use"):
-        _require(data, key, str, where, registry)
-    if Path(data["file"]).name != data["file"] or not data["file"].endswith(".onnx"):
-        raise _fail(f"{where}.file", "must be a bare .onnx file name", registry)
-    size = _require(data, "size_bytes", int, where, registry)
-    if size <= 0:
-        raise _fail(f"{where}.size_bytes", "must be positive", registry)
-    sha = _require(data, "sha256", str, where, registry)
-    if not _SHA256.match(sha):
-        raise _fail(f"{where}.sha256", "must be 64 lowercase hex digits", registry)
-    urls = _require(data, "urls", list, where, registry)
-    if not urls:
-        raise _fail(f"{where}.urls", "must list at least one location", registry)
-    for i, url in enumerate(urls):
-        if not isinstance(url, str) or not _url_ok(url):
-            raise _fail(f"{where}.urls[{i}]", f"{url!r} must be https://, file://, http://localhost "
-                        "or a path relative to the registry", registry)
-    spec = _require(data, "input", dict, where, registry)
-    w_in = f"{where}.input"
-    for key in ("channels", "height", "width"):
-        value = _require(spec, key, int, w_in, registry)
-        if value <= 0:
-            raise _fail(f"{w_in}.{key}", "must be positive", registry)
-    window = _require(spec, "hu_window", list, w_in, registry)
-    if len(window) != 2 or not all(isinstance(v, (int, float)) for v in window) or window[0] >= window[1]:
-        raise _fail(f"{w_in}.hu_window", "must be [low, high] with low < high", registry)
-    normalization = spec.get("normalization", "window_to_unit")
-    if normalization not in NORMALIZATIONS:
-        raise _fail(f"{w_in}.normalization", f"{normalization!r} is not one of {NORMALIZATIONS}", registry)
-    input_spec = InputSpec(spec["channels"], spec["height"], spec["width"], (float(window[0]), float(window[1])),
-                           normalization, str(spec.get("slice_orientation", "LPS")),
-                           str(spec.get("input_name", "image")), str(spec.get("output_name", "logits")))
-    raw_labels = _require(data, "labels", list, where, registry)
-    labels: List[LabelInfo] = []
-    for i, raw in enumerate(raw_labels):
-        w_l = f"{where}.labels[{i}]"
-        if not isinstance(raw, dict):
-            raise _fail(w_l, "expected an object", registry)
-        index = _require(raw, "index", int, w_l, registry)
-        if index != i:
-            raise _fail(f"{w_l}.index", f"expected {i} (labels are listed in index order from 0)", registry)
-        name = _require(raw, "name", str, w_l, registry)
-        color = _require(raw, "color", list, w_l, registry)
-        if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
-            raise _fail(f"{w_l}.color", "must be three integers 0-255", registry)
-        terminology = raw.get("terminology")
-        if terminology is not None:
-            if not isinstance(terminology, dict):
-                raise _fail(f"{w_l}.terminology", "expected an object", registry)
-            terminology = {key: _coded(terminology.get(key), f"{w_l}.terminology.{key}", registry)
-                           for key in ("category", "type", "type_modifier")}
-            if terminology["category"] is None or terminology["type"] is None:
-                raise _fail(f"{w_l}.terminology", "needs category and type", registry)
-        labels.append(LabelInfo(index, name, str(raw.get("display_name", name)), tuple(color), terminology))
-    if len(labels) < 2:
-        raise _fail(f"{where}.labels", "needs background and at least one structure", registry)
-    names = [label.name for label in labels]
-    if len(set(names)) != len(names):
-        raise _fail(f"{where}.labels", "label names must be unique", registry)
-    for key in ("training", "metrics"):
-        if not isinstance(data.get(key, {}), dict):
-            raise _fail(f"{where}.{key}", "expected an object", registry)
-    return ModelCard(model_id, data["title"], data["version"], data["description"], data["architecture"],
-                     data["file"], size, sha, tuple(urls), input_spec, tuple(labels),
-                     dict(data.get("training", {})), dict(data.get("metrics", {})), data["license"],
-                     data["intended_use"])
+    """Validate one entry and build its :class:`ModelCard`; errors name ``where`` + the field.
+
+    The JSON Schema layer applies to whole registries (:func:`load_registry`); the
+    Lib's own checks here cover every schema rule.
+    """
+    try:
+        return _card(data, where)
+    except _Invalid as problem:
+        model_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
+        raise _registry_error(problem, registry, model_id) from None
 
 
 def card_to_dict(card: ModelCard) -> Dict[str, Any]:
@@ -234,7 +426,7 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
 
 @dataclass
 class ModelRegistry:
-    """Loaded registry. ``directory`` is where relative URLs and bundled files resolve."""
+    """A loaded registry. ``directory`` is where relative URLs and bundled files resolve."""
 
     path: Path
     models: Dict[str, ModelCard]
@@ -242,74 +434,73 @@ class ModelRegistry:
 
     @property
     def directory(self) -> Path:
-        return self.path.parent
+        return Path(self.path).parent
 
     def ids(self) -> List[str]:
         return list(self.models)
 
     def get(self, model_id: Optional[str] = None) -> ModelCard:
-        """The card for ``model_id`` (None: the default model)."""
+        """The card for ``model_id`` (None: the default model, else the first one listed).
+
+        Raises:
+            ModelNotFoundError: the registry lists no model, or ``model_id`` is unknown
+                (the message lists the known ids).
+        """
         if not self.models:
             raise ModelNotFoundError(
-                f"No trained model is installed: the registry {self.path} lists no models.",
-                "Train and export one with `kdseg-train` (see Training/README.md) and pass "
-                "`--registry <release>/registry.json`, or install a release that bundles one.")
+                f"No trained model is installed: the model registry {self.path} lists no models.",
+                "Train and export one with `kdseg-train` (see Training/README.md) and pass its "
+                "`--registry <release folder>/registry.json`, or install a release that bundles a trained model.")
         if model_id is None:
             model_id = self.default_model_id or next(iter(self.models))
         if model_id not in self.models:
-            raise ModelNotFoundError(f"Unknown model id {model_id!r}.",
+            raise ModelNotFoundError(f"Unknown model id {model_id!r} in {self.path}.",
                                      f"Known models: {', '.join(self.models)} (see `kdseg models`).")
         return self.models[model_id]
 
 
 def load_registry(path: Union[str, Path, None] = None) -> ModelRegistry:
-    """Read and validate a registry JSON (default: the bundled ``Resources/Models/registry.json``)."""
+    """Read and validate a registry JSON (default: :func:`KDSegmentationLib.resources.registry_path`).
+
+    Raises:
+        RegistryError: the file is missing, not JSON, or an entry is invalid (naming the field).
+    """
     path = Path(path) if path is not None else registry_path()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RegistryError(f"Model registry not found: {path}.",
-                            "Reinstall the extension, or pass an existing file with --registry.") from None
-    except OSError as exc:
-        raise RegistryError(f"Cannot read model registry {path}: {exc.strerror}.", None) from None
+                            "Reinstall the extension, or pass an existing registry.json with --registry.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"Cannot read model registry {path}: {exc}.",
+                            "Check the file's permissions, or restore it from the release.") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RegistryError(f"Model registry {path} is not valid JSON (line {exc.lineno}: {exc.msg}).",
                             "Fix the file or restore it from the release.") from None
-    if not isinstance(data, dict):
-        raise _fail("registry", "expected a JSON object", path)
-    version = data.get("schema_version")
-    if version != REGISTRY_SCHEMA_VERSION:
-        raise _fail("schema_version", f"expected {REGISTRY_SCHEMA_VERSION}, got {version!r}", path)
-    raw_models = data.get("models")
-    if not isinstance(raw_models, list):
-        raise _fail("models", "expected a list", path)
-    models: Dict[str, ModelCard] = {}
-    for i, raw in enumerate(raw_models):
-        card = card_from_dict(raw, f"models[{i}]", path)
-        if card.id in models:
-            raise _fail(f"models[{i}].id", f"duplicate id {card.id!r}", path)
-        models[card.id] = card
-    default = data.get("default_model_id")
-    if default is not None and default not in models:
-        raise _fail("default_model_id", f"{default!r} is not one of the listed models", path)
+    models, default = validate_registry_data(data, path)
     return ModelRegistry(path, models, default)
 
 
 def write_registry(path: Union[str, Path], cards: Iterable[ModelCard],
                    default_model_id: Optional[str] = None) -> Path:
-    """Write a registry atomically (temporary file + rename)."""
+    """Validate ``cards`` and write them as a registry, atomically (temporary file + rename).
+
+    Raises:
+        RegistryError: a card would not load back (nothing is written).
+    """
     path = Path(path)
-    cards = list(cards)
-    data = {"$schema": "./registry.schema.json", "schema_version": REGISTRY_SCHEMA_VERSION,
-            "default_model_id": default_model_id, "models": [card_to_dict(c) for c in cards]}
+    data = {"$schema": f"./{SCHEMA_FILE_NAME}", "schema_version": REGISTRY_SCHEMA_VERSION,
+            "default_model_id": default_model_id, "models": [card_to_dict(card) for card in cards]}
+    # Round-trip through JSON first so the check sees exactly what a reader will.
+    text = json.dumps(data, indent=2) + "\n"
+    validate_registry_data(json.loads(text), path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
