@@ -200,8 +200,9 @@ class Trainer:
                                  "train` run (e.g. --set distill.teacher=runs/teacher_demo)")
             self.teacher = load_teacher(Path(config["distill"]["teacher"])).to(self.device)
             if getattr(self.teacher, "img_size", self.img_size) != self.img_size:
-                _log.info("teacher trained at %s px, student at %s px: the teacher sees the student's batch",
-                          self.teacher.img_size, self.img_size)
+                raise ValueError(f"the teacher was trained at {self.teacher.img_size} px and the student is configured "
+                                 f"for {self.img_size} px; both see the same batch, so set model.img_size="
+                                 f"{self.teacher.img_size}")
             criterion = _build_criterion(config["distill"], model, self.teacher, self.num_classes)
         from .losses import SegmentationLoss
 
