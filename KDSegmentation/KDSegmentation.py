@@ -4,7 +4,9 @@ This file only wires Slicer objects to KDSegmentationLib, which does the work an
 tested without Slicer. Runs on Slicer 5.8 (Python 3.9) and later.
 """
 
+import importlib
 import logging
+import time
 from typing import Annotated, List, Optional
 
 import numpy as np
@@ -15,7 +17,7 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -25,11 +27,29 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from KDSegmentationLib.background_task import BackgroundTask, TaskFailed, TaskFinished
-from KDSegmentationLib.dependencies import onnxruntime_installed, onnxruntime_requirement
+from KDSegmentationLib.dependencies import (
+    describe_auto_device,
+    install_requirements,
+    nvidia_gpu_present,
+    onnxruntime_installed,
+    onnxruntime_providers,
+    preload_cuda_libraries,
+)
 from KDSegmentationLib.errors import KDSegError
 from KDSegmentationLib.progress import ProgressEvent, Stage
+from KDSegmentationLib.run_settings import (
+    MAX_BATCH_SIZE,
+    gui_inference_threads,
+    join_structure_list,
+    parse_structure_list,
+    run_settings,
+)
+from KDSegmentationLib.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
 
-_DEVICES = (("auto", "Auto"), ("cuda", "GPU (CUDA)"), ("cpu", "CPU"))
+# The timer drains the worker's queue; each tick also waits a few milliseconds with the
+# GIL released so that the worker's Python code advances (see BackgroundTask.poll).
+_POLL_INTERVAL_MS = 50
+_POLL_YIELD_SECONDS = 0.02
 
 
 class KDSegmentation(ScriptedLoadableModule):
@@ -43,7 +63,7 @@ class KDSegmentation(ScriptedLoadableModule):
             "Segments aorta, gallbladder, kidneys, liver, pancreas, spleen and stomach in an abdominal CT "
             "with a small TransUNet student distilled from a TransUNet teacher. Runs on CPU or GPU through "
             "ONNX Runtime; weights are downloaded once and verified by SHA-256. Read each model's intended "
-            "use: the bundled demonstration weights are not for clinical use."
+            "use before relying on its output: research use only, not for clinical decisions."
         )
         self.parent.acknowledgementText = _(
             "TransUNet (Chen et al. 2021), SHViT single-head attention (Yun and Ro 2024). Sample CT from the "
@@ -56,17 +76,18 @@ class KDSegmentationParameterNode:
     """Module settings, saved with the scene.
 
     modelId: registry id ("" = the registry's default model).
-    device: "auto", "cuda" or "cpu".
+    device: "auto", "cpu" or "cuda".
     structures: comma-separated structure names to keep ("" = all).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     modelId: str = ""
-    device: str = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     structures: str = ""
     postprocess: bool = True
-    batchSize: Annotated[int, WithinRange(1, 64)] = 8
+    show3D: bool = True
+    batchSize: Annotated[int, WithinRange(1, MAX_BATCH_SIZE)] = 8
 
 
 class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -77,10 +98,9 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
-        self._taskInput = None
-        self._taskOutput = None
+        self._taskNodes = None
         self._timer = qt.QTimer()
-        self._timer.setInterval(100)
+        self._timer.setInterval(_POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollTask)
 
     def setup(self) -> None:
@@ -91,8 +111,7 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = KDSegmentationLogic()
         self.ui.volumesTableWidget.setHorizontalHeaderLabels([_("Structure"), _("Volume (mL)")])
-        for value, text in _DEVICES:
-            self.ui.deviceComboBox.addItem(text, value)
+        self._fillDevices()
         self._fillModels()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -105,6 +124,7 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._task = None
         self._timer.stop()
         self.removeObservers()
 
@@ -118,6 +138,8 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonState)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._task is not None:
+            self._task.cancel()  # its nodes are about to disappear; the result is discarded
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -128,7 +150,7 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume:
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode: Optional[KDSegmentationParameterNode]) -> None:
@@ -142,95 +164,137 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._syncManualWidgets()
             self._updateButtonState()
 
-    # -- models, device, structures (widgets the wrapper cannot bind) -------------------
+    # -- model, device and structure widgets (the wrapper cannot bind them) -------------
+    def _fillDevices(self) -> None:
+        self.ui.deviceComboBox.clear()
+        try:
+            providers = onnxruntime_providers()
+        except Exception as exc:  # a broken install must not break the module panel
+            logging.warning(f"KDSegmentation: cannot query ONNX Runtime: {exc}")
+            providers = None
+        auto = describe_auto_device(providers, nvidia_gpu_present())
+        self.ui.deviceComboBox.addItem(_("Auto ({device})").format(device=auto), "auto")
+        self.ui.deviceComboBox.addItem(_("GPU (CUDA)"), "cuda")
+        self.ui.deviceComboBox.addItem(_("CPU"), "cpu")
+
     def _fillModels(self) -> None:
+        wasBlocked = self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         try:
-            cards = self.logic.registry().models.values()
+            for card, offline in self.logic.modelStates():
+                state = _("downloaded") if offline else _("download {size}").format(size=format_bytes(card.size_bytes))
+                self.ui.modelComboBox.addItem(f"{card.title} {card.version} ({state})", card.id)
         except KDSegError as exc:
             self.ui.modelInfoLabel.text = str(exc)
-            return
-        for card in cards:
-            state = _("downloaded") if self.logic.isAvailableOffline(card) else _("needs download")
-            self.ui.modelComboBox.addItem(f"{card.title} v{card.version} ({state})", card.id)
-        if not cards:
-            self.ui.modelInfoLabel.text = _("No trained model is installed. See the extension's documentation "
-                                            "to train and export one.")
+        finally:
+            self.ui.modelComboBox.blockSignals(wasBlocked)
+        if self.ui.modelComboBox.count == 0 and not self.ui.modelInfoLabel.text:
+            self.ui.modelInfoLabel.text = self.logic.noModelMessage()
 
     def _syncManualWidgets(self) -> None:
         index = self.ui.modelComboBox.findData(self._parameterNode.modelId)
-        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+        if self.ui.modelComboBox.count:
+            self.ui.modelComboBox.setCurrentIndex(max(index, 0))
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(self._parameterNode.device), 0))
         self.onModelChanged(self.ui.modelComboBox.currentIndex)
 
     def onModelChanged(self, index: int) -> None:
         modelId = self.ui.modelComboBox.itemData(index) if index >= 0 else None
+        wasBlocked = self.ui.structuresListWidget.blockSignals(True)
         self.ui.structuresListWidget.clear()
-        if not modelId:
-            return
-        card = self.logic.registry().get(modelId)
-        if self._parameterNode and self._parameterNode.modelId != modelId:
-            self._parameterNode.modelId = modelId
-        self.ui.modelInfoLabel.text = f"{card.description}\n{_('Intended use')}: {card.intended_use}"
-        selected = set(s for s in (self._parameterNode.structures.split(",") if self._parameterNode else []) if s)
-        for label in card.foreground_labels():
-            item = qt.QListWidgetItem(label.display_name)
-            item.setData(qt.Qt.UserRole, label.name)
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Checked if not selected or label.name in selected else qt.Qt.Unchecked)
-            self.ui.structuresListWidget.addItem(item)
+        try:
+            if not modelId:
+                return
+            card = self.logic.registry().get(modelId)
+            if self._parameterNode and self._parameterNode.modelId != modelId:
+                self._parameterNode.modelId = modelId
+            self.ui.modelInfoLabel.text = self.logic.modelDescription(card)
+            selected = set(parse_structure_list(self._parameterNode.structures if self._parameterNode else ""))
+            for label in card.foreground_labels():
+                item = qt.QListWidgetItem(label.display_name)
+                item.setData(qt.Qt.UserRole, label.name)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Checked if not selected or label.name in selected else qt.Qt.Unchecked)
+                self.ui.structuresListWidget.addItem(item)
+        finally:
+            self.ui.structuresListWidget.blockSignals(wasBlocked)
 
     def onDeviceChanged(self, index: int) -> None:
-        if self._parameterNode:
+        if self._parameterNode and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
 
     def onStructuresChanged(self, item) -> None:
         names = []
         for row in range(self.ui.structuresListWidget.count):
-            it = self.ui.structuresListWidget.item(row)
-            if it.checkState() == qt.Qt.Checked:
-                names.append(it.data(qt.Qt.UserRole))
+            listItem = self.ui.structuresListWidget.item(row)
+            if listItem.checkState() == qt.Qt.Checked:
+                names.append(listItem.data(qt.Qt.UserRole))
         if self._parameterNode:
             everything = len(names) == self.ui.structuresListWidget.count
-            self._parameterNode.structures = "" if everything else ",".join(names)
+            self._parameterNode.structures = "" if everything else join_structure_list(names)
+        self._updateButtonState()
 
     def _updateButtonState(self, caller=None, event=None) -> None:
         if self._task is not None:
             self.ui.segmentButton.text = _("Cancel")
+            self.ui.segmentButton.toolTip = _("Stop the running segmentation; nothing is created or changed.")
             self.ui.segmentButton.enabled = True
             return
         self.ui.segmentButton.text = _("Segment")
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self.ui.modelComboBox.count)
-        self.ui.segmentButton.enabled = ready
+        p = self._parameterNode
+        anyStructure = any(self.ui.structuresListWidget.item(row).checkState() == qt.Qt.Checked
+                           for row in range(self.ui.structuresListWidget.count))
+        if not self.ui.modelComboBox.count:
+            reason = self.logic.noModelMessage()
+        elif not (p and p.inputVolume):
+            reason = _("Select an input CT volume.")
+        elif not anyStructure:
+            reason = _("Check at least one structure.")
+        else:
+            reason = ""
+        self.ui.segmentButton.enabled = not reason
+        self.ui.segmentButton.toolTip = reason or _("Segment the checked structures; click again to cancel.")
 
     # -- running ----------------------------------------------------------------------
     def onSegmentButton(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self.ui.statusLabel.text = _("Cancelling...")
-            return
-        if not self.logic.ensureOnnxRuntime():
+            self.ui.segmentButton.enabled = False
             return
         p = self._parameterNode
-        if not p.outputSegmentation:
-            p.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", p.inputVolume.GetName() + " organs")
-        self._taskInput, self._taskOutput = p.inputVolume, p.outputSegmentation
-        structures = [s for s in p.structures.split(",") if s] or None
-        self._task = self.logic.startTask(p.inputVolume, p.modelId or None, p.device, structures, p.postprocess,
-                                          p.batchSize)
+        try:
+            settings = self.logic.runSettings(p.modelId, p.device, p.structures, p.postprocess, p.batchSize,
+                                              threads=gui_inference_threads())
+
+            def showInstalling():
+                self._showBusy(Stage.INSTALLING, _("ONNX Runtime"))
+
+            if not self.logic.ensureOnnxRuntime(confirm=True, onInstall=showInstalling):
+                self._endTask()
+                self.ui.statusLabel.text = _("ONNX Runtime is not installed; nothing was segmented.")
+                return
+            self._taskNodes = (p.inputVolume, p.outputSegmentation, p.show3D)
+            self._task = self.logic.startTask(p.inputVolume, settings)
+        except Exception as exc:
+            self._endTask()
+            self._showError(exc)
+            return
         self.ui.volumesTableWidget.setRowCount(0)
-        self.ui.progressBar.visible = True
-        self.ui.progressBar.setRange(0, 0)
-        self.ui.statusLabel.text = _("Starting...")
+        self._showBusy(Stage.LOADING, _("Starting"))
         self._updateButtonState()
         self._timer.start()
+
+    def _showBusy(self, stage: Stage, message: str) -> None:
+        self.ui.progressBar.visible = True
+        self._showProgress(ProgressEvent(stage, 0, None, message))
+        slicer.app.processEvents()
 
     def _pollTask(self) -> None:
         if self._task is None:
             self._timer.stop()
             return
-        for message in self._task.poll():
+        for message in self._task.poll(yield_seconds=_POLL_YIELD_SECONDS):
             if isinstance(message, ProgressEvent):
                 self._showProgress(message)
             elif isinstance(message, TaskFinished):
@@ -239,49 +303,77 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._fail(message)
 
     def _showProgress(self, event: ProgressEvent) -> None:
-        if event.total:
-            self.ui.progressBar.setRange(0, 1000)
-            self.ui.progressBar.value = int(1000 * (event.fraction or 0.0))
-        else:
-            self.ui.progressBar.setRange(0, 0)
-        self.ui.statusLabel.text = f"{event.stage.label()}: {event.message}"
+        state = progress_bar_state(event)
+        self.ui.progressBar.setRange(0, state.maximum)
+        self.ui.progressBar.value = state.value
+        self.ui.progressBar.format = state.text
+        self.ui.statusLabel.text = state.text.replace(" (%p%)", "")
 
     def _endTask(self) -> None:
         self._task = None
+        self._taskNodes = None
         self._timer.stop()
         self.ui.progressBar.visible = False
-        self._fillModels()
-        self._syncManualWidgets()
+        self._fillModels()  # a model may have been downloaded
+        if self._parameterNode:
+            self._syncManualWidgets()
         self._updateButtonState()
 
     def _finish(self, result) -> None:
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Failed to create the segmentation."), waitCursor=True):
-                self.logic.applyResult(result, self._taskInput, self._taskOutput)
-            self.ui.statusLabel.text = self.logic.statusText(result)
-            rows = self.logic.volumeRows(result)
-            self.ui.volumesTableWidget.setRowCount(len(rows))
-            for row, (name, volume) in enumerate(rows):
-                self.ui.volumesTableWidget.setItem(row, 0, qt.QTableWidgetItem(name))
-                self.ui.volumesTableWidget.setItem(row, 1, qt.QTableWidgetItem(volume))
-        finally:
+        inputVolume, outputSegmentation, show3D = self._taskNodes
+        if not slicer.mrmlScene.IsNodePresent(inputVolume):
             self._endTask()
+            self.ui.statusLabel.text = _("The input volume was removed; the result was discarded.")
+            return
+        if outputSegmentation is not None and not slicer.mrmlScene.IsNodePresent(outputSegmentation):
+            outputSegmentation = None
+        self._showBusy(Stage.POSTPROCESSING, _("Creating segments"))
+        started = time.perf_counter()
+        try:
+            with slicer.util.WaitCursor():
+                outputSegmentation = self.logic.applyResult(result, inputVolume, outputSegmentation, show3D)
+        except Exception as exc:
+            self._endTask()
+            self._showError(exc)
+            return
+        status = self.logic.statusText(result, time.perf_counter() - started)
+        self._endTask()
+        if self._parameterNode:
+            self._parameterNode.outputSegmentation = outputSegmentation
+        self.ui.statusLabel.text = status
+        rows = volume_rows(result.volumes_ml, result.display_names)
+        self.ui.volumesTableWidget.setRowCount(len(rows))
+        for row, (name, volume) in enumerate(rows):
+            self.ui.volumesTableWidget.setItem(row, 0, qt.QTableWidgetItem(name))
+            self.ui.volumesTableWidget.setItem(row, 1, qt.QTableWidgetItem(volume))
+        self.ui.resultsCollapsibleButton.collapsed = False
 
     def _fail(self, message: TaskFailed) -> None:
         self._endTask()
         if message.cancelled:
-            self.ui.statusLabel.text = _("Cancelled; no segmentation was created.")
+            self.ui.statusLabel.text = _("Cancelled; no segmentation was created or changed.")
             return
-        self.ui.statusLabel.text = _("Failed: ") + str(message.error)
-        if isinstance(message.error, KDSegError):
-            slicer.util.errorDisplay(str(message.error))
+        self._showError(message.error)
+
+    def _showError(self, error: BaseException) -> None:
+        """One dialog naming the problem and the fix (KDSegError), or the unexpected error."""
+        if isinstance(error, KDSegError):
+            text = str(error)
         else:
-            logging.error("KDSegmentation failed", exc_info=message.error)
-            slicer.util.errorDisplay(_("Segmentation failed unexpectedly: ") + repr(message.error))
+            logging.error("KDSegmentation failed", exc_info=error)
+            text = _("Segmentation failed unexpectedly: {error}").format(error=repr(error))
+        self.ui.statusLabel.text = _("Failed: {error}").format(error=text)
+        slicer.util.errorDisplay(text, windowTitle=_("KD Segmentation"))
 
 
 class KDSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Scriptable entry points; all computation is in KDSegmentationLib."""
+    """Scriptable entry points; all computation is in KDSegmentationLib.
+
+    From the Python console or a batch script::
+
+        logic = slicer.util.getModuleLogic("KDSegmentation")  # or KDSegmentationLogic()
+        seg = logic.process(volumeNode, device="cpu", structures=["liver", "spleen"])
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -290,6 +382,7 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return KDSegmentationParameterNode(super().getParameterNode())
 
+    # -- models ---------------------------------------------------------------------
     def registry(self):
         from KDSegmentationLib.registry import load_registry
 
@@ -297,77 +390,158 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
             self._registry = load_registry()
         return self._registry
 
-    def isAvailableOffline(self, card) -> bool:
+    def modelStates(self):
+        """(card, available offline) for each registered model."""
         from KDSegmentationLib.weights import is_available_offline
 
-        return is_available_offline(card, self.registry().directory)
+        registry = self.registry()
+        return [(card, is_available_offline(card, registry.directory)) for card in registry.models.values()]
 
-    def ensureOnnxRuntime(self, confirm: bool = True) -> bool:
-        """Install ONNX Runtime (GPU build when an NVIDIA GPU is present) after the user agrees."""
+    def noModelMessage(self) -> str:
+        from KDSegmentationLib.errors import ModelNotFoundError
+
+        try:
+            self.registry().get()
+        except ModelNotFoundError as exc:
+            return str(exc)
+        return ""
+
+    def modelDescription(self, card) -> str:
+        from KDSegmentationLib.weights import cached_path, is_available_offline
+
+        if is_available_offline(card, self.registry().directory):
+            where = _("Weights are installed; works offline.")
+        else:
+            where = _("Weights ({size}) are downloaded and verified on first use. Offline: place {file} at {path}."
+                      ).format(size=format_bytes(card.size_bytes), file=card.file, path=cached_path(card))
+        return "\n".join([card.description, _("Intended use: {use}").format(use=card.intended_use), where])
+
+    def runSettings(self, modelId: str = "", device: str = "auto", structures: str = "", postprocess: bool = True,
+                    batchSize: int = 8, threads: Optional[int] = None):
+        """Validated settings (raises KDSegError naming the problem)."""
+        settings, _card = run_settings(self.registry(), modelId, device, structures, postprocess, batchSize,
+                                       threads)
+        return settings
+
+    # -- dependencies -----------------------------------------------------------------
+    def ensureOnnxRuntime(self, confirm: bool = True, onInstall=None) -> bool:
+        """Install ONNX Runtime (the GPU build where an NVIDIA GPU is present) after the user agrees.
+
+        Slicer's numpy and SimpleITK are pinned so that the install never replaces them.
+        ``onInstall`` is called after the user agreed, before pip runs (e.g. to show a status).
+        Returns False when the user declines.
+        """
         if onnxruntime_installed():
             return True
-        requirement = onnxruntime_requirement()
+        requirements = install_requirements()
         if confirm and not slicer.util.confirmOkCancelDisplay(
-                _("KD Segmentation needs ONNX Runtime ({requirement}). Install it now?").format(requirement=requirement)):
+                _("KD Segmentation needs ONNX Runtime ({requirement}), about 10-300 MB from PyPI. "
+                  "Install it now?").format(requirement=requirements[0]),
+                windowTitle=_("KD Segmentation")):
             return False
+        if onInstall is not None:
+            onInstall()
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(requirement)
+            slicer.util.pip_install(requirements)
+        importlib.invalidate_caches()
         return onnxruntime_installed()
 
-    def _work(self, array, ijkToRAS, modelId, device, structures, postprocess, batchSize):
+    # -- segmenting -------------------------------------------------------------------
+    def _volumeInputs(self, inputVolume):
+        if inputVolume is None or inputVolume.GetImageData() is None:
+            raise KDSegError(_("The input volume has no image data."), _("Select a loaded CT volume."))
+        # Copied on the main thread: the worker must not touch MRML/VTK memory.
+        array = np.array(slicer.util.arrayFromVolume(inputVolume), copy=True)
+        matrix = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(matrix)
+        return array, slicer.util.arrayFromVTKMatrix(matrix)
+
+    def _work(self, array, ijkToRAS, settings):
         from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter
         from KDSegmentationLib.volume_segmentation import segment_volume_array
 
         registry = self.registry()
 
         def work(progress, cancel):
-            segmenter = Segmenter.from_registry(modelId, device=device, registry=registry, progress=progress,
-                                                cancel=cancel)
-            options = SegmentationOptions(structures=structures, postprocess=postprocess, batch_size=batchSize)
+            if settings.device != "cpu":
+                preload_cuda_libraries()
+            segmenter = Segmenter.from_registry(settings.model_id, device=settings.device, threads=settings.threads,
+                                                registry=registry, progress=progress, cancel=cancel)
+            options = SegmentationOptions(structures=settings.structures, postprocess=settings.postprocess,
+                                          batch_size=settings.batch_size)
             return segment_volume_array(array, ijkToRAS, segmenter, options, progress, cancel)
 
         return work
 
-    def _volumeInputs(self, inputVolume):
-        if inputVolume is None or inputVolume.GetImageData() is None:
-            raise ValueError(_("Select an input volume that has image data."))
-        # Copy on the main thread: the worker must not touch MRML/VTK memory.
-        array = np.array(slicer.util.arrayFromVolume(inputVolume), copy=True)
-        matrix = vtk.vtkMatrix4x4()
-        inputVolume.GetIJKToRASMatrix(matrix)
-        return array, slicer.util.arrayFromVTKMatrix(matrix)
-
-    def startTask(self, inputVolume, modelId=None, device="auto", structures=None, postprocess=True, batchSize=8):
-        """Start segmenting ``inputVolume`` on a worker thread; poll the returned task from a QTimer."""
+    def startTask(self, inputVolume, settings):
+        """Segment ``inputVolume`` on a worker thread; poll the returned task from a QTimer."""
         array, ijkToRAS = self._volumeInputs(inputVolume)
-        task = BackgroundTask(self._work(array, ijkToRAS, modelId, device, structures, postprocess, batchSize))
+        task = BackgroundTask(self._work(array, ijkToRAS, settings))
         task.start()
         return task
 
-    def process(self, inputVolume, outputSegmentation=None, model: Optional[str] = None, device: str = "auto",
-                structures: Optional[List[str]] = None, postprocess: bool = True, batchSize: int = 8):
-        """Segment ``inputVolume`` synchronously (Python console, batch scripts, tests).
-
-        Returns the output segmentation node (created when ``outputSegmentation`` is None).
-        """
-        array, ijkToRAS = self._volumeInputs(inputVolume)
+    def computeSegmentation(self, inputVolume, settings):
+        """Segment synchronously and return the Lib's VolumeSegmentation (no scene changes)."""
         from KDSegmentationLib.progress import CancelToken
 
-        result = self._work(array, ijkToRAS, model, device, structures, postprocess, batchSize)(None, CancelToken())
-        if outputSegmentation is None:
-            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                                    inputVolume.GetName() + " organs")
-        self.applyResult(result, inputVolume, outputSegmentation)
-        logging.info(self.statusText(result))
+        array, ijkToRAS = self._volumeInputs(inputVolume)
+        return self._work(array, ijkToRAS, settings)(None, CancelToken())
+
+    def process(self, inputVolume, outputSegmentation=None, model: Optional[str] = None, device: str = "auto",
+                structures: Optional[List[str]] = None, postprocess: bool = True, batchSize: int = 8,
+                show3D: bool = True):
+        """Segment ``inputVolume`` synchronously (Python console, batch scripts, tests).
+
+        Args:
+            inputVolume: scalar volume node with a CT in Hounsfield units.
+            outputSegmentation: segmentation node to overwrite, or None to create one.
+            model: registry id, or None for the default model.
+            device: "auto", "cpu" or "cuda".
+            structures: structure names to keep (e.g. ["liver", "spleen"]), None for all.
+            postprocess: keep each organ's largest component and fill holes.
+            batchSize: slices per inference call.
+            show3D: build closed surfaces so the organs show in 3D views.
+
+        Returns:
+            The output segmentation node.
+
+        Raises:
+            KDSegError: a problem the user can fix (the message says how).
+        """
+        if not onnxruntime_installed():
+            raise KDSegError(_("ONNX Runtime is not installed."),
+                             _("Run slicer.util.pip_install({requirements!r}) or click Segment in the module."
+                               ).format(requirements=install_requirements()))
+        if isinstance(structures, str):
+            structures = parse_structure_list(structures)
+        settings = self.runSettings(model or "", device, join_structure_list(structures or []), postprocess,
+                                    batchSize)
+        result = self.computeSegmentation(inputVolume, settings)
+        started = time.perf_counter()
+        outputSegmentation = self.applyResult(result, inputVolume, outputSegmentation, show3D)
+        logging.info(self.statusText(result, time.perf_counter() - started))
         return outputSegmentation
 
-    def applyResult(self, result, inputVolume, outputSegmentation) -> None:
-        """Replace the segments of ``outputSegmentation`` with the result (main thread only)."""
+    def applyResult(self, result, inputVolume, outputSegmentation=None, show3D: bool = True):
+        """Put the result into ``outputSegmentation`` (created when None); main thread only.
+
+        One segment per kept structure with its name, colour and SNOMED CT terminology;
+        the input is the reference geometry; the node goes next to the input in the
+        subject hierarchy and under the same parent transform. On failure a node created
+        here is removed and an existing one is left empty, never half-filled.
+        """
+        created = outputSegmentation is None
+        if created:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(inputVolume.GetName() + " organs"))
         labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "KDSegmentation temporary")
         try:
-            slicer.util.updateVolumeFromArray(labelNode, result.labels_kji.astype(np.uint8))
+            slicer.util.updateVolumeFromArray(labelNode, np.ascontiguousarray(result.labels_kji, dtype=np.uint8))
             labelNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(result.ijk_to_ras))
+            labelNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+            outputSegmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+            outputSegmentation.CreateDefaultDisplayNodes()
             segmentation = outputSegmentation.GetSegmentation()
             segmentation.RemoveAllSegments()
             maxLabel = max([spec.label_value for spec in result.segments] + [0])
@@ -381,33 +555,35 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
                     segment = segmentation.GetSegment(segmentId)
                     segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
                 segmentIds.SetValue(spec.label_value - 1, segmentId)
-            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelNode, outputSegmentation,
-                                                                                  segmentIds)
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(
+                    labelNode, outputSegmentation, segmentIds):
+                raise RuntimeError("Slicer could not import the label map into the segmentation.")
         except Exception:
-            outputSegmentation.GetSegmentation().RemoveAllSegments()  # never leave a half-made result
+            if created:
+                slicer.mrmlScene.RemoveNode(outputSegmentation)
+            else:
+                outputSegmentation.GetSegmentation().RemoveAllSegments()
             raise
         finally:
             slicer.mrmlScene.RemoveNode(labelNode)
-        outputSegmentation.CreateDefaultDisplayNodes()
-        outputSegmentation.CreateClosedSurfaceRepresentation()
+        if show3D:
+            outputSegmentation.CreateClosedSurfaceRepresentation()
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         shNode.SetItemParent(shNode.GetItemByDataNode(outputSegmentation),
                              shNode.GetItemParent(shNode.GetItemByDataNode(inputVolume)))
+        return outputSegmentation
 
-    def statusText(self, result) -> str:
-        from KDSegmentationLib.volume_segmentation import format_timings
-
-        text = format_timings(result.timings, result.device)
-        return text + "".join("\n" + _("Warning: ") + w for w in result.warnings)
-
-    def volumeRows(self, result):
-        from KDSegmentationLib.volume_segmentation import format_volumes
-
-        return format_volumes(result.volumes_ml)
+    def statusText(self, result, applySeconds: Optional[float] = None) -> str:
+        return format_result_status(result.timings, result.device, result.model_title, result.model_version,
+                                    result.warnings, applySeconds)
 
 
 class KDSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test: segments the bundled sample CT and SampleData's CTAAbdomenPanoramix on CPU."""
+    """Self-test: segments the bundled sample CT and SampleData's CTAAbdomenPanoramix on CPU.
+
+    Needs a trained model in the registry; without one it fails with the registry's
+    "No trained model is installed" message.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -418,29 +594,54 @@ class KDSegmentationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ct_abdomen_panoramix()
 
-    def _checkSegmentation(self, volume, segmentationNode, liverRangeMl):
+    def _segmentAndCheck(self, volume):
+        from KDSegmentationLib.terminology import parse_terminology_entry
+        from KDSegmentationLib.volume_plausibility import implausible_volumes
+
         logic = KDSegmentationLogic()
-        card = logic.registry().get()
+        self.assertTrue(logic.ensureOnnxRuntime(confirm=False))
+        settings = logic.runSettings(device="cpu")
+        card = logic.registry().get(settings.model_id)
+        result = logic.computeSegmentation(volume, settings)
+        segmentationNode = logic.applyResult(result, volume)
+
+        # Every structure the model segments exists, named and coded, with a plausible volume.
         segmentation = segmentationNode.GetSegmentation()
-        names = [segmentation.GetSegment(i).GetName() for i in segmentation.GetSegmentIDs()]
-        self.assertEqual(sorted(names), sorted(label.display_name for label in card.foreground_labels()))
-        liverId = segmentation.GetSegmentIdBySegmentName("Liver")
-        liver = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volume)
-        self.assertEqual(liver.shape, slicer.util.arrayFromVolume(volume).shape)
-        liverMl = liver.astype(bool).sum() * float(np.prod(volume.GetSpacing())) / 1000.0
-        self.assertTrue(liverRangeMl[0] < liverMl < liverRangeMl[1], f"liver volume {liverMl:.0f} mL")
-        liverSegment = segmentation.GetSegment(liverId)
-        entry = vtk.mutable("")
-        self.assertTrue(liverSegment.GetTag(liverSegment.GetTerminologyEntryTagName(), entry))
-        self.assertIn("SCT^10200004^Liver", str(entry))
+        spacing = volume.GetSpacing()
+        volumes = {}
+        for label in card.foreground_labels():
+            segmentId = segmentation.GetSegmentIdBySegmentName(label.display_name)
+            self.assertTrue(segmentId, f"segment {label.display_name} missing")
+            segment = segmentation.GetSegment(segmentId)
+            entry = vtk.mutable("")
+            self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), entry))
+            fields = parse_terminology_entry(str(entry))
+            self.assertEqual(fields["type"][1], label.terminology["type"]["code"])
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
+            # The segment matches the Lib's label map voxel for voxel: no shift, flip or resampling.
+            np.testing.assert_array_equal(mask > 0, result.labels_kji == label.index)
+            volumes[label.name] = float(mask.astype(bool).sum()) * float(np.prod(spacing)) / 1000.0
+        self.assertEqual(implausible_volumes(volumes, volumes), [])
+
+        # The input is the reference geometry, and the node sits next to the input.
+        self.assertEqual(segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()),
+                         volume)
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        self.assertEqual(
+            segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()),
+            slicer.vtkSegmentationConverter.SerializeImageGeometry(matrix, volume.GetImageData()))
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(segmentationNode)),
+                         shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
+        self.assertIsNotNone(segmentationNode.GetDisplayNode())
 
     def test_bundled_sample_ct(self):
         from KDSegmentationLib.resources import sample_ct_path
 
         self.delayDisplay("Segmenting the bundled sample CT on CPU")
         volume = slicer.util.loadVolume(str(sample_ct_path()))
-        segmentationNode = KDSegmentationLogic().process(volume, device="cpu")
-        self._checkSegmentation(volume, segmentationNode, (300, 4000))
+        self._segmentAndCheck(volume)
         self.delayDisplay("Bundled sample CT passed")
 
     def test_ct_abdomen_panoramix(self):
@@ -448,6 +649,5 @@ class KDSegmentationTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Downloading CTAAbdomenPanoramix")
         volume = SampleData.downloadSample("CTAAbdomenPanoramix")
-        segmentationNode = KDSegmentationLogic().process(volume, device="cpu")
-        self._checkSegmentation(volume, segmentationNode, (300, 4000))
+        self._segmentAndCheck(volume)
         self.delayDisplay("CTAAbdomenPanoramix passed")

@@ -3,6 +3,9 @@
 Slicer's GUI, MRML and VTK belong to the main thread; the worker touches only numpy,
 SimpleITK and ONNX Runtime (which release the GIL) and communicates through a
 ``queue.Queue`` that the GUI drains from a timer with :meth:`BackgroundTask.poll`.
+Cancelling sets a :class:`CancelToken` that the pipeline checks between batches; the
+task then ends with a cancelled :class:`TaskFailed` and no result, so the caller has
+nothing half-made to clean up.
 """
 
 from __future__ import annotations
@@ -77,8 +80,18 @@ class BackgroundTask:
         """Block until the worker ends (for scripts and tests); True when it did."""
         return self._done.wait(timeout)
 
-    def poll(self) -> List[TaskMessage]:
-        """All messages queued since the last call (non-blocking)."""
+    def poll(self, yield_seconds: float = 0.0) -> List[TaskMessage]:
+        """All messages queued since the last call.
+
+        Args:
+            yield_seconds: first wait up to this long for the worker to finish, with the
+                GIL released. Slicer's main thread holds the GIL while Qt is idle, so the
+                worker's Python code runs only while the main thread waits or runs Python;
+                a GUI timer passes a few milliseconds here to keep the worker moving. The
+                wait ends early when the worker finishes.
+        """
+        if yield_seconds > 0:
+            self._done.wait(yield_seconds)
         messages: List[TaskMessage] = []
         while True:
             try:

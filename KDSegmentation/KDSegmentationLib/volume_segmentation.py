@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from .pipeline import SegmentationOptions, SegmentationResult, Segmenter, segment_image
 from .progress import CancelToken, ProgressCallback
+from .registry import ModelCard
 from .terminology import terminology_entry
 from .volume_geometry import ijk_to_ras_from_image, image_from_kji_array
 
-__all__ = ["SegmentSpec", "VolumeSegmentation", "segment_volume_array", "format_timings", "format_volumes"]
+__all__ = ["SegmentSpec", "VolumeSegmentation", "segment_specs", "segment_volume_array"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,11 @@ class SegmentSpec:
 
 @dataclass
 class VolumeSegmentation:
-    """Labels (K, J, I) uint8 on the input volume's grid, with segment metadata."""
+    """Labels (K, J, I) uint8 on the input volume's grid, with segment metadata.
+
+    ``volumes_ml`` and ``display_names`` are keyed by structure name (e.g. "kidney_left");
+    ``segments`` lists the kept structures in label order.
+    """
 
     labels_kji: np.ndarray
     ijk_to_ras: np.ndarray
@@ -37,7 +42,10 @@ class VolumeSegmentation:
     timings: Dict[str, float]
     device: str
     model_id: str
+    model_title: str
+    model_version: str
     warnings: List[str]
+    display_names: Dict[str, str]
 
 
 def segment_volume_array(array_kji: np.ndarray, ijk_to_ras: np.ndarray, segmenter: Segmenter,
@@ -50,21 +58,18 @@ def segment_volume_array(array_kji: np.ndarray, ijk_to_ras: np.ndarray, segmente
     image = image_from_kji_array(array_kji, ijk_to_ras)
     result: SegmentationResult = segment_image(image, segmenter, options, progress, cancel)
     labels = sitk.GetArrayFromImage(result.labels)
+    card = segmenter.card
     kept = set(result.volumes_ml)
-    segments = [SegmentSpec(label.index, label.display_name, tuple(c / 255.0 for c in label.color),
-                            terminology_entry(label))
-                for label in segmenter.card.foreground_labels() if label.name in kept]
-    return VolumeSegmentation(labels, ijk_to_ras_from_image(result.labels), segments, result.volumes_ml,
-                              result.timings, result.device, result.model_id, result.warnings)
+    display_names = {label.name: label.display_name for label in card.foreground_labels() if label.name in kept}
+    return VolumeSegmentation(labels, ijk_to_ras_from_image(result.labels), segment_specs(card, kept),
+                              result.volumes_ml, result.timings, result.device, result.model_id, card.title,
+                              card.version, list(result.warnings), display_names)
 
 
-def format_timings(timings: Dict[str, float], device: str) -> str:
-    """One status line, e.g. "Done in 4.2 s on CPU (preprocess 0.1 s, infer 3.8 s, postprocess 0.3 s)"."""
-    total = sum(timings.values())
-    parts = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items())
-    return f"Done in {total:.1f} s on {device.upper()} ({parts})"
-
-
-def format_volumes(volumes_ml: Dict[str, float]) -> List[Tuple[str, str]]:
-    """(structure, "123.4") rows for the results table."""
-    return [(name, f"{volume:.1f}") for name, volume in volumes_ml.items()]
+def segment_specs(card: ModelCard, names: Optional[Iterable[str]] = None) -> List[SegmentSpec]:
+    """Segment name, colour (0-1) and terminology of each of ``card``'s labels in ``names``
+    (None: all), in label order."""
+    wanted = None if names is None else set(names)
+    return [SegmentSpec(label.index, label.display_name, tuple(c / 255.0 for c in label.color),
+                        terminology_entry(label))
+            for label in card.foreground_labels() if wanted is None or label.name in wanted]
