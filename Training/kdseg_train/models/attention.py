@@ -45,9 +45,13 @@ class MultiHeadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False
                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1)
-        probs = attn if need_weights else None
-        y = self.attn_drop(attn) @ v
+        if need_weights:
+            probs: Optional[torch.Tensor] = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1)
+            y = self.attn_drop(probs) @ v
+        else:
+            # Fused kernel: no (B, heads, N, N) tensor is kept when nobody asked for it.
+            probs = None
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(x.shape)
         return self.proj_drop(self.out(y)), probs
 
@@ -91,8 +95,15 @@ class SingleHeadSelfAttention(nn.Module):
         # GroupNorm(1) normalises over channels and tokens of each sample, as on SHViT's 2D map.
         part = self.norm(part.transpose(1, 2)).transpose(1, 2)
         q, k, v = self.qkv(part).split([self.qk_dim, self.qk_dim, self.partial_dim], dim=-1)
-        attn = torch.softmax(q @ k.transpose(-2, -1) * self.qk_dim ** -0.5, dim=-1)
-        probs = attn.unsqueeze(1) if need_weights else None
-        attended = self.attn_drop(attn) @ v
+        if need_weights:
+            attn = torch.softmax(q @ k.transpose(-2, -1) * self.qk_dim ** -0.5, dim=-1)
+            probs: Optional[torch.Tensor] = attn.unsqueeze(1)
+            attended = self.attn_drop(attn) @ v
+        else:
+            probs = None
+            # 4D (B, 1, N, E) as the ONNX exporters' attention translations expect.
+            attended = F.scaled_dot_product_attention(
+                q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1),
+                dropout_p=self.attn_drop.p if self.training else 0.0).squeeze(1)
         y = self.proj(F.relu(torch.cat([attended, rest], dim=-1)))
         return self.proj_drop(y), probs

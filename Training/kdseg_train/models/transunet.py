@@ -59,7 +59,12 @@ class TransUNet(nn.Module):
             raise ValueError(f"expected {self.in_channels} input channel(s), got {x.shape[1]}")
         h, w = x.shape[-2:]
         if h % 16 or w % 16 or h < 32 or w < 32:
-            raise ValueError(f"input height and width must be multiples of 16 and >= 32, got {h}x{w}")
+            # >= 32: a 16-pixel side leaves a 1x1 map after the CNN, where the shortcut
+            # GroupNorm (one channel per group) has nothing to normalise.
+            raise ValueError(f"input height and width must be multiples of 16 and >= 32 (the network "
+                             f"downsamples by 16), got {h}x{w}; resize or pad the image")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point image (intensities in [0, 1]), got {x.dtype}")
 
     def forward_features(self, x: torch.Tensor, collect: bool = False) -> TransUNetOutput:
         """Run the network; with ``collect`` also keep every distillation tap."""
