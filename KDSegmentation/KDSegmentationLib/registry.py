@@ -29,7 +29,7 @@ from .errors import ModelNotFoundError, RegistryError
 from .resources import models_dir, registry_path
 
 __all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "validate_registry_data",
-           "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",
+           "url_is_allowed", "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",
            "REGISTRY_SCHEMA_VERSION", "NORMALIZATIONS"]
 
 REGISTRY_SCHEMA_VERSION = 1
