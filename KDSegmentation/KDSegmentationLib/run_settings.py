@@ -91,7 +91,8 @@ def run_settings(registry: ModelRegistry, model_id: str = "", device: str = "aut
         raise KDSegError(f"Slices per batch must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}.",
                          "Use 8 on a CPU; larger batches help only on a GPU with enough memory.")
     if threads is not None and threads < 1:
-        raise KDSegError(f"Inference threads must be at least 1, got {threads}.", None)
+        raise KDSegError(f"Inference threads must be at least 1, got {threads}.",
+                         "Pass threads=None to let ONNX Runtime use every core.")
     names = parse_structure_list(structures)
     kept: Optional[Tuple[str, ...]] = None
     if names:

@@ -7,9 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from KDSegmentationLib.background_task import BackgroundTask, TaskFailed, TaskFinished
-from KDSegmentationLib.pipeline import SegmentationOptions
+from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter
 from KDSegmentationLib.progress import ProgressEvent, Stage
-from KDSegmentationLib.registry import labels_from_anatomy
+from KDSegmentationLib.registry import labels_from_anatomy, load_registry
+from KDSegmentationLib.run_settings import gui_inference_threads, run_settings
 from KDSegmentationLib.terminology import parse_terminology_entry, terminology_entry
 from KDSegmentationLib.volume_geometry import ijk_to_ras_from_image, image_from_kji_array
 from KDSegmentationLib.status_text import format_timings
@@ -64,7 +65,42 @@ def test_module_logic_path_on_real_ct(example_ct, plumbing_segmenter):
     assert all(0 <= c <= 1 for s in result.segments for c in s.color)
     assert set(np.unique(result.labels_kji)) <= {0, 3, 5, 7}
     assert "SCT^10200004^Liver" in result.segments[1].terminology
+    assert result.display_names == {"kidney_left": "Left kidney", "liver": "Liver", "spleen": "Spleen"}
+    assert set(result.volumes_ml) == set(result.display_names)
+    assert (result.model_id, result.model_title, result.device) == ("untrained-plumbing", "Untrained plumbing model",
+                                                                    "cpu")
     assert format_timings(result.timings, result.device).startswith("Done in ")
+
+
+def test_module_work_path_from_parameter_strings_on_a_thread(example_ct, plumbing_registry):
+    """What KDSegmentationLogic.startTask runs: settings from the parameter node's strings, the
+    registry, weights resolution, engine and segmentation, all on a worker thread."""
+    registry = load_registry(plumbing_registry)
+    settings, card = run_settings(registry, "", "cpu", "Liver,spleen", True, 16, threads=gui_inference_threads())
+    # A Slicer volume of the real CT: KJI array and IJK-to-RAS, with a flipped axis as Slicer often has.
+    flipped = sitk.Flip(example_ct, [True, False, False])
+    array, matrix = sitk.GetArrayFromImage(flipped), ijk_to_ras_from_image(flipped)
+
+    def work(progress, cancel):
+        segmenter = Segmenter.from_registry(settings.model_id, device=settings.device, threads=settings.threads,
+                                            registry=registry, progress=progress, cancel=cancel)
+        options = SegmentationOptions(structures=settings.structures, postprocess=settings.postprocess,
+                                      batch_size=settings.batch_size)
+        return segment_volume_array(array, matrix, segmenter, options, progress, cancel)
+
+    task = BackgroundTask(work)
+    task.start()
+    assert task.wait(120)
+    messages = task.poll()
+    assert Stage.LOADING in {m.stage for m in messages if isinstance(m, ProgressEvent)}
+    result = messages[-1].result
+    assert [spec.name for spec in result.segments] == ["Liver", "Spleen"]
+    # Labels come back on the Slicer grid: un-flipping them gives the labels of the unflipped CT.
+    direct = segment_volume_array(sitk.GetArrayFromImage(example_ct), ijk_to_ras_from_image(example_ct),
+                                  Segmenter.from_registry(registry=registry, device="cpu"),
+                                  SegmentationOptions(structures=["liver", "spleen"]))
+    np.testing.assert_array_equal(result.labels_kji[:, :, ::-1], direct.labels_kji)
+    np.testing.assert_allclose(result.ijk_to_ras, matrix, atol=1e-9)
 
 
 def test_background_task_reports_progress_and_result(example_ct, plumbing_segmenter):
