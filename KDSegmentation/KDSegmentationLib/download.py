@@ -109,7 +109,10 @@ class FileLock:
         deadline = time.monotonic() + self.timeout
         waiting_logged = False
         while True:
-            fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise _write_error(self.path, exc) from None
             if _try_lock(fd):
                 try:
                     current = os.path.samestat(os.fstat(fd), os.stat(self.path))
