@@ -2,106 +2,285 @@
 
     distill:
       teacher: runs/teacher
-      pixel_kd: {weight: 0.5, temperature: 4.0}     # Hinton KL on logits
-      attention_kd: {weight: 0.1}                    # SHSA head vs teacher head mean
-      token_kd: {weight: 1.0}                        # MISTKD-style token MSE (learned projections)
-      channel_kd: {weight: 3.0, tau: 1.0}            # CWD on logits
-      pairwise_kd: {weight: 1.0, grid: [16, 16]}     # structured KD on the first decoder stage
-      importance_kd: {weight: 0.9, p: 2.0}           # EMKD importance maps on the decoder stages
-      region_affinity_kd: {weight: 0.9}              # EMKD region affinity (K organs) on the first decoder stage
-      ranking_kd: {weight: 0.5, top_k: 16}           # token importance ranking (ListNet)
+      pixel_kd: {weight: 0.5, temperature: 4.0}         # Hinton KL on logits
+      attention_kd: {weight: 0.1, pairs: [[0, 2], [1, 5], [2, 8], [3, 11]]}   # SHSA head vs teacher head mean
+      token_kd: {weight: 1.0}                            # MISTKD token MSE through learned projections
+      channel_kd: {weight: 3.0, tau: 1.0, feature: logits}        # CWD (adapter built when widths differ)
+      pairwise_kd: {weight: 1.0, grid: [16, 16], feature: "decoder:0"}   # structured KD, pair-wise
+      importance_kd: {weight: 0.9, p: 4.0}               # EMKD importance maps on every decoder stage
+      region_affinity_kd: {weight: 0.9, feature: "decoder:0"}     # EMKD region affinity, K organs
+      ranking_kd: {weight: 0.5, top_k: 16, layer: -1}    # RSKD-style token importance ranking (ListNet)
+      sccf: {weight: 1.0, tau: 1.0}                      # spatial + channel attention, cascade over decoder stages
+      contourlet_kd: {weight: 1.0, levels: 2, directions: 8, feature: "decoder:1"}   # CDM texture energy
 
-A term is active when its weight is > 0.
+A term is active when its weight is > 0. ``feature`` names a tap of ``TransUNetOutput``:
+``logits``, ``decoder:i`` (decoder stage i, coarse to fine), ``skip:i`` (CNN skip i,
+coarsest first) or ``encoder`` (CNN map before the patch embedding).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .attention_kd import AttentionMapDistillation
 from .channel_kd import ChannelWiseDistillation
+from .contourlet import ContourletDistillation
 from .emkd import ImportanceMapDistillation, RegionAffinityDistillation
 from .pairwise_kd import PairwiseAffinityDistillation
 from .pixel_kd import PixelKLDivergence
 from .ranking_kd import TokenRankingDistillation
+from .sccf import SpaceChannelCascadeDistillation
 from .token_kd import TokenSequenceDistillation
 
-__all__ = ["DISTILLATION_TERMS", "DistillationCriterion"]
+__all__ = ["FeatureDims", "DISTILLATION_TERMS", "DistillationCriterion", "build_distillation", "select_feature"]
 
-DISTILLATION_TERMS = ("pixel_kd", "attention_kd", "token_kd", "channel_kd", "pairwise_kd", "importance_kd",
-                      "region_affinity_kd", "ranking_kd")
-_NEEDS_FEATURES = {"attention_kd", "token_kd", "pairwise_kd", "importance_kd", "region_affinity_kd", "ranking_kd"}
+
+@dataclass(frozen=True)
+class FeatureDims:
+    """Widths of the distillation taps of one network (sizes the learned projections).
+
+    Attributes:
+        num_classes: logit channels.
+        hidden_size: token width D.
+        depth: transformer layers.
+        decoder_channels: widths of the four decoder stages, coarse to fine.
+        skip_channels: CNN skip widths, coarsest first.
+        encoder_channels: width of the CNN map before the patch embedding.
+    """
+
+    num_classes: int
+    hidden_size: int
+    depth: int
+    decoder_channels: Tuple[int, ...]
+    skip_channels: Tuple[int, ...] = ()
+    encoder_channels: int = 0
+
+    @classmethod
+    def from_model(cls, model: nn.Module, num_classes: Optional[int] = None) -> "FeatureDims":
+        """Read the widths from a ``kdseg_train.models.TransUNet`` (its ``config``)."""
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ValueError(f"{type(model).__name__} has no .config; pass FeatureDims explicitly")
+        width = int(config.cnn_width)
+        classes = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+        if classes is None:
+            head = getattr(model, "segmentation_head", None)
+            classes = head.out_channels if head is not None else 0
+        encoder = getattr(model, "encoder", None)
+        skips = tuple(getattr(encoder, "skip_channels", (8 * width, 4 * width, width)))
+        return cls(int(classes), int(config.hidden_size), int(config.depth), tuple(config.decoder_channels),
+                   skips, int(getattr(encoder, "out_channels", 16 * width)))
+
+    def channels(self, feature: str) -> int:
+        kind, index = _parse_feature(feature)
+        if kind == "logits":
+            return self.num_classes
+        if kind == "encoder":
+            return self.encoder_channels
+        widths = self.decoder_channels if kind == "decoder" else self.skip_channels
+        try:
+            return int(widths[index])
+        except IndexError:
+            raise ValueError(f"feature {feature!r}: the network has {len(widths)} {kind} stages") from None
+
+
+def _parse_feature(feature: str) -> Tuple[str, int]:
+    name, _, index = str(feature).partition(":")
+    if name in ("logits", "encoder") and not index:
+        return name, 0
+    if name in ("decoder", "skip"):
+        try:
+            return name, int(index)
+        except ValueError:
+            pass
+    raise ValueError(f"unknown feature {feature!r}; use logits, encoder, decoder:<i> or skip:<i>")
+
+
+def select_feature(output: Any, feature: str) -> torch.Tensor:
+    """The tap ``feature`` of a ``TransUNetOutput``."""
+    kind, index = _parse_feature(feature)
+    if kind == "logits":
+        return output.logits
+    if kind == "encoder":
+        return output.encoder_map
+    maps = output.decoder_features if kind == "decoder" else output.skips
+    if not maps:
+        raise ValueError(f"the model output has no {kind} features; run the model with return_features=True")
+    return maps[index]
+
+
+# name -> (builder(options, student_dims, teacher_dims), apply(term, student_out, teacher_out, labels, options))
+_Builder = Callable[[Dict[str, Any], FeatureDims, FeatureDims], nn.Module]
+_Apply = Callable[[nn.Module, Any, Any, torch.Tensor, Dict[str, Any]], torch.Tensor]
+
+
+def _stage_mean(term: nn.Module, s_maps: Sequence[torch.Tensor], t_maps: Sequence[torch.Tensor],
+                stages: Sequence[int]) -> torch.Tensor:
+    return sum(term(s_maps[i], t_maps[i]) for i in stages) / len(stages)
+
+
+def _stages(options: Dict[str, Any], count: int) -> Sequence[int]:
+    """Decoder stage indices of a term (default all ``count``), checked."""
+    stages = [int(i) for i in options.get("stages", range(count))]
+    if not stages or any(not -count <= i < count for i in stages):
+        raise ValueError(f"stages {stages} must index the {count} decoder stages")
+    return stages
+
+
+_REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
+    "pixel_kd": (
+        lambda o, s, t: PixelKLDivergence(float(o.get("temperature", 4.0))),
+        lambda m, so, to, y, o: m(so.logits, to.logits), False),
+    "attention_kd": (
+        lambda o, s, t: AttentionMapDistillation(s.depth, t.depth, o.get("pairs")),
+        lambda m, so, to, y, o: m(so.attention_mean, to.attention_mean, so.grid, to.grid), True),
+    "token_kd": (
+        lambda o, s, t: TokenSequenceDistillation(s.hidden_size, t.hidden_size, s.depth, t.depth, o.get("pairs")),
+        lambda m, so, to, y, o: m(so.tokens, to.tokens, so.grid, to.grid), True),
+    "channel_kd": (
+        lambda o, s, t: ChannelWiseDistillation(float(o.get("tau", 1.0)), s.channels(o.get("feature", "logits")),
+                                                t.channels(o.get("feature", "logits"))),
+        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "logits")),
+                                  select_feature(to, o.get("feature", "logits"))), False),
+    "pairwise_kd": (
+        lambda o, s, t: PairwiseAffinityDistillation(tuple(o.get("grid", (16, 16)))),
+        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:0")),
+                                  select_feature(to, o.get("feature", "decoder:0"))), True),
+    "importance_kd": (
+        lambda o, s, t: ImportanceMapDistillation(float(o.get("p", 4.0))),
+        lambda m, so, to, y, o: _stage_mean(m, so.decoder_features, to.decoder_features,
+                                            _stages(o, len(so.decoder_features))), True),
+    "region_affinity_kd": (
+        lambda o, s, t: RegionAffinityDistillation(s.num_classes),
+        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:0")),
+                                  select_feature(to, o.get("feature", "decoder:0")), y), True),
+    "ranking_kd": (
+        lambda o, s, t: TokenRankingDistillation(int(o.get("top_k", 16)), float(o.get("temperature", 1.0))),
+        lambda m, so, to, y, o: m(so.attention_mean[int(o.get("layer", -1))],
+                                  to.attention_mean[int(o.get("teacher_layer", o.get("layer", -1)))], so.grid,
+                                  to.grid), True),
+    "sccf": (
+        lambda o, s, t: SpaceChannelCascadeDistillation([s.decoder_channels[i] for i in _stages(o, len(s.decoder_channels))],
+                                                        [t.decoder_channels[i] for i in _stages(o, len(t.decoder_channels))],
+                                                        float(o.get("tau", 1.0)), float(o.get("spatial_weight", 1.0)),
+                                                        float(o.get("channel_weight", 1.0))),
+        lambda m, so, to, y, o: m([so.decoder_features[i] for i in _stages(o, len(so.decoder_features))],
+                                  [to.decoder_features[i] for i in _stages(o, len(to.decoder_features))]), True),
+    "contourlet_kd": (
+        lambda o, s, t: ContourletDistillation(int(o.get("levels", 2)), o.get("directions", 8)),
+        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:1")),
+                                  select_feature(to, o.get("feature", "decoder:1"))), True),
+}
+
+_OPTIONS: Dict[str, set] = {
+    "pixel_kd": {"temperature"}, "attention_kd": {"pairs"}, "token_kd": {"pairs"},
+    "channel_kd": {"tau", "feature"}, "pairwise_kd": {"grid", "feature"}, "importance_kd": {"p", "stages"},
+    "region_affinity_kd": {"feature"}, "ranking_kd": {"top_k", "temperature", "layer", "teacher_layer"},
+    "sccf": {"tau", "spatial_weight", "channel_weight", "stages"}, "contourlet_kd": {"levels", "directions", "feature"},
+}
+
+DISTILLATION_TERMS = tuple(_REGISTRY)
+
+
+def _as_dims(network: Union[nn.Module, FeatureDims], num_classes: Optional[int]) -> FeatureDims:
+    return network if isinstance(network, FeatureDims) else FeatureDims.from_model(network, num_classes)
 
 
 class DistillationCriterion(nn.Module):
-    """Weighted sum of the configured terms; its parameters (projections) train with the student.
+    """Weighted sum of the configured terms; its parameters (projections, adapters) train with the student.
 
     Args:
-        config: the ``distill`` mapping (unknown term names raise ValueError).
-        student, teacher: the two networks (their configs size the projections).
-        num_classes: classes of the label map (region affinity).
+        config: the ``distill`` mapping, ``{term: {weight: w, **options}}``; a ``teacher``
+            key is ignored; unknown terms or options raise ValueError.
+        student, teacher: the two networks, or their :class:`FeatureDims`.
+        num_classes: classes of the label map (region affinity, logit adapters).
+
+    ``forward(student_out, teacher_out, labels)`` takes ``TransUNetOutput`` objects (or
+    logits tensors when no active term needs features) and the (B, H, W) ground truth,
+    and returns ``(total, {term: weight * value})``.
     """
 
-    def __init__(self, config: Dict[str, Any], student: nn.Module, teacher: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: Mapping[str, Any], student: Union[nn.Module, FeatureDims],
+                 teacher: Union[nn.Module, FeatureDims], num_classes: Optional[int] = None) -> None:
         super().__init__()
-        unknown = set(config) - set(DISTILLATION_TERMS) - {"teacher"}
+        unknown = set(config) - set(_REGISTRY) - {"teacher"}
         if unknown:
-            raise ValueError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(DISTILLATION_TERMS)}")
-        s_cfg, t_cfg = student.config, teacher.config
+            raise ValueError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(_REGISTRY)}")
+        s_dims, t_dims = _as_dims(student, num_classes), _as_dims(teacher, num_classes)
+        if num_classes is not None:
+            s_dims = FeatureDims(num_classes, *_tail(s_dims))
+            t_dims = FeatureDims(num_classes, *_tail(t_dims))
+        self.student_dims, self.teacher_dims = s_dims, t_dims
         self.weights: Dict[str, float] = {}
+        self.options: Dict[str, Dict[str, Any]] = {}
         terms: Dict[str, nn.Module] = {}
-        for name in DISTILLATION_TERMS:
-            options = dict(config.get(name) or {})
-            weight = float(options.pop("weight", 0.0))
-            if weight <= 0:
+        for name, raw in config.items():
+            if name == "teacher":
                 continue
-            if name == "pixel_kd":
-                term: nn.Module = PixelKLDivergence(float(options.get("temperature", 4.0)))
-            elif name == "attention_kd":
-                term = AttentionMapDistillation(s_cfg.depth, t_cfg.depth)
-            elif name == "token_kd":
-                term = TokenSequenceDistillation(s_cfg.hidden_size, t_cfg.hidden_size, s_cfg.depth, t_cfg.depth)
-            elif name == "channel_kd":
-                term = ChannelWiseDistillation(float(options.get("tau", 1.0)))
-            elif name == "pairwise_kd":
-                term = PairwiseAffinityDistillation(tuple(options.get("grid", (16, 16))))
-            elif name == "importance_kd":
-                term = ImportanceMapDistillation(float(options.get("p", 2.0)))
-            elif name == "region_affinity_kd":
-                term = RegionAffinityDistillation(num_classes)
-            else:
-                term = TokenRankingDistillation(int(options.get("top_k", 16)), float(options.get("temperature", 1.0)))
-            terms[name] = term
+            if raw is not None and not isinstance(raw, Mapping):
+                raise ValueError(f"distill.{name} must be a mapping such as {{weight: 0.5}}, got {raw!r}")
+            options = dict(raw or {})
+            weight = float(options.pop("weight", 0.0))
+            bad = set(options) - _OPTIONS[name]
+            if bad:
+                raise ValueError(f"distill.{name}: unknown option(s) {sorted(bad)}; known: weight, "
+                                 f"{', '.join(sorted(_OPTIONS[name]))}")
+            if weight < 0:
+                raise ValueError(f"distill.{name}.weight must be >= 0, got {weight}")
+            if weight == 0:
+                continue
+            terms[name] = _REGISTRY[name][0](options, s_dims, t_dims)
             self.weights[name] = weight
+            self.options[name] = options
         self.terms = nn.ModuleDict(terms)
-        self.needs_features = bool(_NEEDS_FEATURES & set(terms))
+        self.needs_features = any(_REGISTRY[n][2] or "feature" in self.options[n] for n in terms)
 
-    def forward(self, student, teacher, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """``student``/``teacher``: TransUNetOutput (or logits when no term needs features)."""
-        s_logits = student.logits if self.needs_features else student
-        t_logits = teacher.logits if self.needs_features else teacher
+    def forward(self, student: Any, teacher: Any, labels: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        if isinstance(student, torch.Tensor):
+            if self.needs_features:
+                raise ValueError(f"terms {sorted(self.terms)} need features: call the models with "
+                                 "return_features=True")
+            student, teacher = _LogitsOnly(student), _LogitsOnly(teacher)
         values: Dict[str, torch.Tensor] = {}
         for name, term in self.terms.items():
-            if name == "pixel_kd":
-                value = term(s_logits, t_logits)
-            elif name == "channel_kd":
-                value = term(s_logits, t_logits)
-            elif name == "attention_kd":
-                value = term(student.attention_mean, teacher.attention_mean, student.grid, teacher.grid)
-            elif name == "token_kd":
-                value = term(student.tokens, teacher.tokens, student.grid, teacher.grid)
-            elif name == "pairwise_kd":
-                value = term(student.decoder_features[0], teacher.decoder_features[0])
-            elif name == "importance_kd":
-                value = sum(term(s, t) for s, t in zip(student.decoder_features, teacher.decoder_features)) / len(
-                    student.decoder_features)
-            elif name == "region_affinity_kd":
-                value = term(student.decoder_features[0], teacher.decoder_features[0], labels)
-            else:
-                value = term(student.attention_mean[-1], teacher.attention_mean[-1], student.grid, teacher.grid)
+            if name == "region_affinity_kd" and labels is None:
+                raise ValueError("region_affinity_kd needs the ground-truth labels")
+            value = _REGISTRY[name][1](term, student, teacher, labels, self.options[name])
             values[name] = self.weights[name] * value
-        total = sum(values.values()) if values else s_logits.new_zeros(())
+        total = sum(values.values()) if values else student.logits.new_zeros(())
         return total, values
+
+
+def _tail(dims: FeatureDims) -> Tuple[Any, ...]:
+    return dims.hidden_size, dims.depth, dims.decoder_channels, dims.skip_channels, dims.encoder_channels
+
+
+@dataclass
+class _LogitsOnly:
+    logits: torch.Tensor
+
+
+def build_distillation(cfg: Mapping[str, Any], student_dims: Union[nn.Module, FeatureDims],
+                       teacher_dims: Union[nn.Module, FeatureDims],
+                       num_classes: Optional[int] = None) -> DistillationCriterion:
+    """The :class:`DistillationCriterion` of a ``distill:`` config section.
+
+    Args:
+        cfg: ``{term: {weight, **options}}`` (see the module docstring; ``teacher`` ignored).
+        student_dims, teacher_dims: :class:`FeatureDims` (or the networks, read with
+            :meth:`FeatureDims.from_model`).
+        num_classes: classes of the labels (default: the dims' ``num_classes``).
+
+    Raises:
+        ValueError: unknown term/option, negative weight, no active term.
+    """
+    criterion = DistillationCriterion(cfg, student_dims, teacher_dims, num_classes)
+    if not len(criterion.terms):
+        raise ValueError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight: 0.5); "
+                         f"known terms: {', '.join(_REGISTRY)}")
+    return criterion
