@@ -7,9 +7,9 @@ directional multiresolution image representation", IEEE TIP 2005) is a Laplacian
 (Burt & Adelson 1983) whose band-pass images are split by a directional filter bank.
 Here:
 
-- Laplacian pyramid: 5x5 binomial low-pass (depthwise), decimation by 2; band-pass
-  ``b_l = x_l - up(down(x_l))`` with the same filter (x4) for the expansion, so the
-  pyramid reconstructs exactly;
+- Laplacian pyramid: 5x5 binomial low-pass (depthwise, edge-replicating), decimation by
+  2; band-pass ``b_l = x_l - up(down(x_l))`` with the same filter (x4) for the
+  expansion, so the pyramid reconstructs exactly and a constant map has no band-pass;
 - directional filter bank: the original DFB is a tree of quincunx fan filters; we use
   its frequency-domain equivalent, ``D`` angular wedges of the frequency plane with
   raised-cosine edges whose squares sum to one (a tight frame, so the band-pass image is
@@ -72,10 +72,15 @@ class LaplacianPyramid(nn.Module):
         return self._filter(x)[..., ::2, ::2]
 
     def up(self, x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """Zero-insertion and the same filter (gain 4); the low-pass map is edge-padded first so a
+        constant map expands to the same constant, without dark borders in the band-pass."""
         b, c, h, w = x.shape
-        expanded = x.new_zeros(b, c, 2 * h, 2 * w)
-        expanded[..., ::2, ::2] = x
-        return self._filter(expanded, gain=4.0)[..., : size[0], : size[1]]
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        expanded = x.new_zeros(b, c, 2 * (h + 2), 2 * (w + 2))
+        expanded[..., ::2, ::2] = padded
+        weight = (self.kernel * 4.0).to(x.dtype).expand(c, 1, 5, 5)
+        out = F.conv2d(expanded, weight, padding=2, groups=c)
+        return out[..., 2: 2 + size[0], 2: 2 + size[1]]
 
     def forward(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
         bands = []
