@@ -119,11 +119,13 @@ def _export_dynamo(model: nn.Module, dummy: torch.Tensor, path: Path, opset: int
     # A batch of 2 in the example: torch.export specialises a size-1 axis to the constant 1.
     dummy = dummy.expand(2, -1, -1, -1).contiguous()
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        model, (dummy,), str(path), input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
-        dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, external_data=False,
-        optimize=True, verbose=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecation notices
+        torch.onnx.export(
+            model, (dummy,), str(path), input_names=[ONNX_INPUT_NAME], output_names=[ONNX_OUTPUT_NAME],
+            dynamic_shapes={"x": {0: batch}}, opset_version=opset, dynamo=True, external_data=False,
+            optimize=True, verbose=False,
+        )
 
 
 EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
