@@ -218,9 +218,10 @@ class DistillationCriterion(nn.Module):
         self.weights: Dict[str, float] = {}
         self.options: Dict[str, Dict[str, Any]] = {}
         terms: Dict[str, nn.Module] = {}
-        for name, raw in config.items():
-            if name == "teacher":
+        for name in _REGISTRY:  # registry order, so log columns do not depend on the YAML's key order
+            if name not in config:
                 continue
+            raw = config[name]
             if raw is not None and not isinstance(raw, Mapping):
                 raise ValueError(f"distill.{name} must be a mapping such as {{weight: 0.5}}, got {raw!r}")
             options = dict(raw or {})
