@@ -1,18 +1,27 @@
-"""CPU latency of teacher vs students per 224x224 slice, PyTorch and ONNX Runtime, measured in one run.
+"""CPU latency of the teacher vs each student per 224x224 slice, PyTorch and ONNX Runtime, in one run.
 
-    python benchmarks/models.py [--repeats 5] [--models teacher-r50-b16 student-shsa student-mhsa]
+    python benchmarks/models.py [--repeats 5] [--batches 1 16] [--threads 2]
+                                [--models teacher-r50-b16 student-shsa student-mhsa] [--json out.json]
 
-Prints parameters, MACs, latency per slice at batch 1 and 16, the teacher/student
-ratios from this run, and achieved GFLOP/s next to this machine's measured fp32
-matmul peak. Asserts nothing.
+For every model: parameters, MACs (torch.utils.flop_counter / 2), median latency per slice
+at each batch size in PyTorch (eval, inference_mode, the unfolded training module) and in
+ONNX Runtime (CPU provider, the folded graph kdseg_train.export.export_onnx ships). The
+repeats of all models are interleaved, so load from other processes on a shared machine
+hits teacher and students alike; the teacher/student latency ratios printed are from
+this one run. Achieved GFLOP/s (2 x MACs / time) is printed next to this machine's
+measured fp32 matmul peak. Untrained weights: latency does not depend on them.
+Prints figures, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import numpy as np
 import onnxruntime as ort
@@ -20,76 +29,122 @@ import torch
 
 from kdseg_train.export import export_onnx
 from kdseg_train.models import create_model
-from kdseg_train.models.cost import count_macs, count_parameters
+from kdseg_train.models.cost import MAC_CONVENTION, count_macs, count_parameters
+
+IMG = 224
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-3 fp32 GFLOP/s of an n x n torch.matmul on the configured threads."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
-
-
-def per_slice_seconds(run, batch: int, repeats: int) -> float:
-    run(batch)  # warm-up
-    times = []
-    for _ in range(repeats):
+    a @ b
+    best = 0.0
+    for _ in range(3):
         start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) / batch
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["teacher-r50-b16", "student-shsa", "student-mhsa"])
+    parser.add_argument("--models", nargs="+", default=["teacher-r50-b16", "student-shsa", "student-mhsa"],
+                        help="the first one is the reference the ratios divide by")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per model, runtime and batch")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="intra-op threads for both PyTorch and ONNX Runtime")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, threads {torch.get_num_threads()}")
+
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}; torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads")
     peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak (2048^2 torch.matmul): {peak:.1f} GFLOP/s")
-    rows = []
+    print(f"fp32 matmul peak (2048x2048 torch.matmul, best of 3): {peak:.1f} GFLOP/s")
+    print(f"MACs: {MAC_CONVENTION}")
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    torch.manual_seed(0)
+    inputs = {b: torch.rand(b, 1, IMG, IMG) for b in args.batches}
+    rows: List[Dict[str, object]] = []
+    runners: Dict[str, Callable[[int], None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            model = create_model(name, img_size=224).eval()
-            macs = count_macs(model, 224)
-            onnx_path = export_onnx(model, Path(tmp) / f"{name}.onnx", 224, check=False)
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-            row = {"name": name, "params": count_parameters(model), "gmacs": macs / 1e9}
-            for batch in args.batches:
-                x = torch.rand(batch, 1, 224, 224)
+            model = create_model(name, img_size=IMG).eval()
+            start = time.perf_counter()
+            onnx_path = export_onnx(model, Path(tmp) / f"{name}.onnx", IMG)
+            export_s = time.perf_counter() - start
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            rows.append({"name": name, "params": count_parameters(model), "macs": count_macs(model, IMG),
+                         "onnx_mb": onnx_path.stat().st_size / 1e6, "export_s": export_s})
 
-                def run_torch(b, x=x):
-                    with torch.inference_mode():
-                        model(x[:b])
+            def run_torch(b: int, model=model) -> None:
+                with torch.inference_mode():
+                    model(inputs[b])
 
-                def run_ort(b, x=x.numpy()):
-                    session.run(["logits"], {"image": x[:b]})
+            def run_ort(b: int, session=session) -> None:
+                session.run(["logits"], {"image": inputs[b].numpy()})
 
-                row[f"torch_b{batch}"] = per_slice_seconds(run_torch, batch, args.repeats)
-                row[f"ort_b{batch}"] = per_slice_seconds(run_ort, batch, args.repeats)
-            rows.append(row)
-            print(f"measured {name}", flush=True)
-    teacher = rows[0]
-    header = f"{'model':<18}{'params (M)':>11}{'GMACs':>8}" + "".join(
-        f"{f'{rt} b{b} ms':>14}" for b in args.batches for rt in ("torch", "ort"))
-    print(header)
+            runners[f"{name}/torch"], runners[f"{name}/ort"] = run_torch, run_ort
+            print(f"built and exported {name} ({export_s:.1f} s)", flush=True)
+
+        times: Dict[str, List[float]] = {}
+        for batch in args.batches:
+            for key, run in runners.items():  # warm-up (allocations, ORT arena, oneDNN kernels)
+                run(batch)
+            for _ in range(args.repeats):
+                for key, run in runners.items():
+                    start = time.perf_counter()
+                    run(batch)
+                    times.setdefault(f"{key}/b{batch}", []).append((time.perf_counter() - start) / batch)
+            print(f"timed batch {batch}", flush=True)
+
     for row in rows:
-        print(f"{row['name']:<18}{row['params'] / 1e6:>11.2f}{row['gmacs']:>8.2f}" + "".join(
-            f"{row[f'{rt}_b{b}'] * 1e3:>14.1f}" for b in args.batches for rt in ("torch", "ort")))
-    print("\nratios in this run (teacher time / model time) and achieved GFLOP/s (2 x MACs / time):")
-    for row in rows[1:]:
-        for b in args.batches:
+        for batch in args.batches:
             for rt in ("torch", "ort"):
-                key = f"{rt}_b{b}"
-                gflops = 2 * row["gmacs"] / row[key]
-                print(f"  {row['name']:<16} {rt:<5} batch {b:<3} speed-up {teacher[key] / row[key]:6.2f}x   "
-                      f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak; teacher "
-                      f"{2 * teacher['gmacs'] / teacher[key]:.1f} GFLOP/s)")
+                row[f"{rt}_b{batch}_ms"] = 1e3 * float(np.median(times[f"{row['name']}/{rt}/b{batch}"]))
+    ref = rows[0]
+    print(f"\nmedian latency per {IMG}x{IMG} slice (ms) over {args.repeats} interleaved repeats")
+    print(f"{'model':<18}{'params M':>10}{'GMACs':>8}{'ONNX MB':>9}" + "".join(
+        f"{f'{rt} b{b}':>12}" for b in args.batches for rt in ("torch", "ort")))
+    for row in rows:
+        print(f"{row['name']:<18}{row['params'] / 1e6:>10.2f}{row['macs'] / 1e9:>8.2f}{row['onnx_mb']:>9.1f}" + "".join(
+            f"{row[f'{rt}_b{b}_ms']:>12.1f}" for b in args.batches for rt in ("torch", "ort")))
+
+    print(f"\n{ref['name']} / model latency ratio (same run), achieved GFLOP/s (peak {peak:.0f}):")
+    for row in rows:
+        for batch in args.batches:
+            for rt in ("torch", "ort"):
+                ms = row[f"{rt}_b{batch}_ms"]
+                ratio = ref[f"{rt}_b{batch}_ms"] / ms
+                gflops = 2 * row["macs"] / (ms / 1e3) / 1e9
+                row[f"{rt}_b{batch}_ratio"] = ratio
+                row[f"{rt}_b{batch}_gflops"] = gflops
+                print(f"  {row['name']:<16} {rt:<5} batch {batch:<3} {ms:8.1f} ms  ratio {ratio:6.2f}x  "
+                      f"{gflops:6.1f} GFLOP/s ({100 * gflops / peak:4.1f}% of peak)")
+    print(f"\nparams ratio {ref['name']} / model: " + ", ".join(
+        f"{r['name']} {ref['params'] / r['params']:.1f}x" for r in rows[1:]))
+    print(f"MACs ratio   {ref['name']} / model: " + ", ".join(
+        f"{r['name']} {ref['macs'] / r['macs']:.1f}x" for r in rows[1:]))
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "threads": args.threads, "matmul_peak_gflops": peak,
+                                         "img_size": IMG, "repeats": args.repeats, "models": rows}, indent=2),
+                             encoding="utf-8")
+        print(f"figures written to {args.json}")
 
 
 if __name__ == "__main__":

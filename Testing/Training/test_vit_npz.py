@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from kdseg_train.models import create_model
 from kdseg_train.models.vit_npz import load_vit_r50_npz
@@ -88,6 +89,11 @@ def test_position_grid_is_resized_for_other_input_sizes():
     model = create_model("teacher-r50-b16", img_size=128, depth=2)
     load_vit_r50_npz(model, weights)
     assert model.embeddings.position_embeddings.shape == (1, 64, 768)
+    # The official TransUNet resize: drop the class token, order-1 zoom of the 14x14 grid.
+    grid = weights["Transformer/posembed_input/pos_embedding"][0, 1:].reshape(14, 14, 768)
+    official = ndimage.zoom(grid, (8 / 14, 8 / 14, 1), order=1).reshape(1, 64, 768)
+    torch.testing.assert_close(model.embeddings.position_embeddings.detach(), torch.from_numpy(official),
+                               atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert model(torch.rand(1, 1, 128, 128)).shape == (1, 9, 128, 128)
 

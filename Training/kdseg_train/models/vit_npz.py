@@ -3,7 +3,8 @@
 The file stores JAX/Flax arrays: convolution kernels HWIO, attention kernels split per
 head, and a 14x14 (+ class token) position table. This loader maps every key to our
 module names, transposes as needed, drops the class token and resizes the position grid
-bilinearly when the model's grid differs (the official code uses an order-1 zoom). The
+bilinearly, corner-aligned, when the model's grid differs (the same values as the official
+code's ``scipy.ndimage.zoom(order=1)``). The
 decoder and segmentation head are not in the file and keep their initialisation.
 Nothing is unpickled: ``np.load(..., allow_pickle=False)``.
 """
@@ -42,7 +43,8 @@ def _resize_positions(table: np.ndarray, grid_h: int, grid_w: int) -> torch.Tens
         return tokens
     dim = tokens.shape[-1]
     grid = tokens.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
+    # align_corners=True is exactly the official scipy.ndimage.zoom(order=1) (tested).
+    grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bilinear", align_corners=True)
     return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
 
 
