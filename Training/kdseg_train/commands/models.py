@@ -24,11 +24,11 @@ def _run(args: argparse.Namespace) -> int:
                           "models": [c.to_dict() for c in costs]}, indent=2))
         return 0
     reference = next((c for c in costs if c.name == "teacher-r50-b16"), costs[0])
-    print(f"{'model':<20}{'params':>14}{'x ref':>8}{'GMACs':>9}{'x ref':>8}{'ONNX MB':>9}  description")
+    print(f"{'model':<20}{'params':>14}{'M':>9}{'x ref':>8}{'GMACs':>9}{'x ref':>8}{'ONNX MB':>9}  description")
     for c in costs:
         onnx = "-" if c.onnx_bytes is None else f"{c.onnx_bytes / 1e6:.1f}"
-        print(f"{c.name:<20}{c.parameters:>14,}{c.parameters / reference.parameters:>8.3f}{c.gmacs:>9.2f}"
-              f"{c.macs / reference.macs:>8.3f}{onnx:>9}  {c.description}")
+        print(f"{c.name:<20}{c.parameters:>14,}{c.parameters / 1e6:>9.2f}{c.parameters / reference.parameters:>8.3f}"
+              f"{c.gmacs:>9.2f}{c.macs / reference.macs:>8.3f}{onnx:>9}  {c.description}")
     print(f"'x ref' = fraction of {reference.name}. MACs for one {args.img_size}x{args.img_size} slice, "
           f"{MAC_CONVENTION}. ONNX = the folded fp32 graph kdseg_train.export.export_onnx writes.")
     return 0

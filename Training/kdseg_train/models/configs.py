@@ -79,7 +79,8 @@ class TransUNetConfig:
 
 _TEACHER = TransUNetConfig(
     name="teacher-r50-b16",
-    description="TransUNet R50-ViT-B/16 (Chen et al. 2021): ResNet-50 (3,4,9) + ViT-B/16, 12 heads",
+    description="TransUNet R50-ViT-B/16 (Chen et al. 2021): ResNetV2-50 (3,4,9) + 12 x ViT-B (D768, 12 heads), "
+                "CUP decoder 256-128-64-16",
 )
 
 _STUDENT_COMMON = dict(
@@ -100,13 +101,14 @@ MODEL_CONFIGS: Dict[str, TransUNetConfig] = {
         TransUNetConfig(
             name="student-shsa",
             attention="shsa",
-            description="Lightweight TransUNet, single-head self-attention (SHViT SHSA), default student",
+            description="default student: ResNetV2 w32 (2,2,2) + 4 x D256 SHSA (1 head on 55 ch, q/k 16), MLP x2, "
+                        "decoder 128-64-32-16",
             **_STUDENT_COMMON,  # type: ignore[arg-type]
         ),
         TransUNetConfig(
             name="student-mhsa",
             attention="mhsa",
-            description="Same size as student-shsa with 4-head attention (SHSA-vs-MHSA ablation)",
+            description="student-shsa with 4-head attention instead of SHSA (the SHSA-vs-MHSA ablation)",
             **_STUDENT_COMMON,  # type: ignore[arg-type]
         ),
         TransUNetConfig(
@@ -120,7 +122,7 @@ MODEL_CONFIGS: Dict[str, TransUNetConfig] = {
             mlp_ratio=2.0,
             head_channels=64,
             decoder_channels=(64, 32, 16, 16),
-            description="Smallest SHSA student, for unit tests and very fast CPU inference",
+            description="smallest SHSA student (w32 (1,1,1), 2 x D128, decoder 64-32-16-16): tests, fastest CPU",
         ),
     )
 }
