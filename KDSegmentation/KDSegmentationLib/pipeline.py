@@ -94,7 +94,8 @@ class Segmenter:
             a ``device`` attribute, normally an :class:`InferenceEngine`.
 
     Raises:
-        RegistryError: the card asks for an input this version cannot produce.
+        RegistryError: the card asks for an input this version cannot produce, or its input size
+            disagrees with the ONNX graph.
     """
 
     def __init__(self, card: ModelCard, engine: InferenceEngine) -> None:
@@ -108,6 +109,16 @@ class Segmenter:
         if spec.slice_orientation != CANONICAL_ORIENTATION:
             raise RegistryError(f"Model {card.id} expects {spec.slice_orientation} slices; this version feeds "
                                 f"{CANONICAL_ORIENTATION}.", "Update KDSegmentation or choose another model.")
+        graph_shape = getattr(engine, "input_shape", None)
+        if graph_shape is not None:
+            card_shape = (spec.channels, spec.height, spec.width)
+            for name, want, got in zip(("channels", "height", "width"), card_shape, graph_shape):
+                if got is not None and got != want:
+                    raise RegistryError(
+                        f"Model {card.id}: its card says input {name} {want}, but the ONNX file takes {got} "
+                        f"(card input {card_shape}, graph {tuple('N' if d is None else d for d in graph_shape)}).",
+                        "The registry entry does not belong to this file: re-export the model with "
+                        "`kdseg-train export`, or fix the card's input section.")
         self.card = card
         self.engine = engine
 

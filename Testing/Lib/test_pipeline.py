@@ -145,6 +145,10 @@ def test_model_card_and_graph_mismatches_are_reported(small_ct, plumbing_segment
         Segmenter(replace(card, input=replace(card.input, normalization="zscore")), plumbing_segmenter.engine)
     with pytest.raises(RegistryError, match="3-channel"):
         Segmenter(replace(card, input=replace(card.input, channels=3)), plumbing_segmenter.engine)
+    size = card.input.height
+    with pytest.raises(RegistryError, match=f"card says input height {size + 32}, but the ONNX file takes {size}"):
+        Segmenter(replace(card, input=replace(card.input, height=size + 32, width=size + 32)),
+                  plumbing_segmenter.engine)
     # A card claiming fewer classes than the graph outputs.
     wrong = Segmenter(replace(card, labels=card.labels[:4]), plumbing_segmenter.engine)
     with pytest.raises(RegistryError, match="does not match the ONNX file"):

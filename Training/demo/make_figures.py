@@ -56,7 +56,8 @@ def comparison(runs: Path, output: Path) -> None:
     width = 0.27
     for i, (title, run) in enumerate(models.items()):
         summary = json.loads((runs / "eval" / run / "evaluation.json").read_text(encoding="utf-8"))["summary"]
-        values = [summary.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
+        per_organ = summary["transunet"]["organs"]
+        values = [per_organ.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
         ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)
     ax.set_xticks(range(len(organs)))
     ax.set_xticklabels(organs, rotation=20, fontsize=8)
