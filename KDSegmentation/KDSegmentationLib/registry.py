@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -497,9 +497,11 @@ def write_registry(path: Union[str, Path], cards: Iterable[ModelCard],
     text = json.dumps(data, indent=2) + "\n"
     validate_registry_data(json.loads(text), path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # Opened with "x" rather than mkstemp so the registry gets the user's umask (mkstemp's 0600
+    # would make a shared release folder unreadable to colleagues).
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "x", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
     finally:

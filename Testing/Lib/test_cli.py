@@ -139,7 +139,8 @@ def test_bad_input_exit_code_of_the_real_command(case, plumbing_registry, tmp_pa
     out = tmp_path / "out" / "seg.nii.gz"
     out.parent.mkdir()
     run = subprocess.run([sys.executable, "-m", "KDSegmentationLib.cli", "--registry", str(plumbing_registry),
-                          "segment", str(path), "-o", str(out)], capture_output=True, text=True, timeout=120)
+                          "segment", str(path), "-o", str(out)],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert run.returncode == EXIT_INPUT, run.stderr
     assert run.stderr.startswith("error: ") and expected in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
@@ -276,15 +277,16 @@ def test_usage_errors_exit_2(capsys, args):
 
 def test_models_download_and_exit_codes_of_the_installed_command(plumbing_registry, tmp_path):
     cli = [sys.executable, "-m", "KDSegmentationLib.cli", "--registry", str(plumbing_registry)]
-    listing = subprocess.run(cli + ["models"], capture_output=True, text=True, timeout=120)
+    text = {"capture_output": True, "encoding": "utf-8", "errors": "replace", "timeout": 120}
+    listing = subprocess.run(cli + ["models"], **text)
     assert listing.returncode == 0 and "untrained-plumbing (default)" in listing.stdout
     assert "available offline" in listing.stdout and "liver" in listing.stdout
-    download = subprocess.run(cli + ["download", "untrained-plumbing"], capture_output=True, text=True, timeout=120)
+    download = subprocess.run(cli + ["download", "untrained-plumbing"], **text)
     assert download.returncode == 0 and "verified weights at" in download.stdout
-    unknown = subprocess.run(cli + ["download", "nope"], capture_output=True, text=True, timeout=120)
+    unknown = subprocess.run(cli + ["download", "nope"], **text)
     assert unknown.returncode == EXIT_MODEL and unknown.stderr.startswith("error: Unknown model id 'nope'")
     usage = subprocess.run([sys.executable, "-m", "KDSegmentationLib.cli", "segment"], capture_output=True,
-                           text=True, timeout=120)
+                           encoding="utf-8", errors="replace", timeout=120)
     assert usage.returncode == EXIT_USAGE
 
 

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import stat
 import sys
 
 import jsonschema
@@ -187,6 +189,17 @@ def test_write_registry_refuses_an_invalid_card_and_leaves_the_file(plumbing_reg
         write_registry(plumbing_registry, [bad], card.id)
     assert plumbing_registry.read_bytes() == before
     assert sorted(p.name for p in plumbing_registry.parent.iterdir()) == ["registry.json", card.file]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_written_registry_follows_the_umask_not_a_private_0600(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = write_registry(tmp_path / "registry.json", [], None)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["registry.json"]
 
 
 def test_missing_and_corrupt_registry_files(tmp_path):

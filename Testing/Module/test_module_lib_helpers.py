@@ -17,7 +17,7 @@ from KDSegmentationLib.dependencies import (
 )
 from KDSegmentationLib.errors import DeviceError, KDSegError, ModelNotFoundError
 from KDSegmentationLib.progress import ProgressEvent, Stage
-from KDSegmentationLib.registry import load_registry
+from KDSegmentationLib.registry import load_registry, write_registry
 from KDSegmentationLib.resources import registry_path
 from KDSegmentationLib.run_settings import (
     gui_inference_threads,
@@ -61,12 +61,18 @@ def test_run_settings_reject_bad_values_with_a_fix(plumbing_registry, kwargs, er
     assert info.value.hint
 
 
-def test_bundled_registry_without_models_says_none_is_installed():
+def test_module_defaults_pick_the_shipped_model():
     registry = load_registry(registry_path())
-    if registry.models:
-        pytest.fail("the bundled registry now ships a model: replace this test by one on the real model")
+    settings, card = run_settings(registry)
+    assert settings.model_id == registry.default_model_id == card.id
+    assert "not for clinical use" in card.intended_use
+
+
+def test_a_registry_without_models_says_none_is_installed(tmp_path):
+    empty = tmp_path / "registry.json"
+    write_registry(empty, [], None)
     with pytest.raises(ModelNotFoundError, match="No trained model is installed") as info:
-        run_settings(registry)
+        run_settings(load_registry(empty))
     assert "kdseg-train" in info.value.hint
 
 

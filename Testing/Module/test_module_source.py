@@ -59,7 +59,7 @@ def test_module_files_compile_with_slicers_python(version, tmp_path):
     code = ("import py_compile, sys\n"
             "for i, f in enumerate(sys.argv[1:]):\n"
             f"    py_compile.compile(f, cfile=r'{tmp_path}/c%d.pyc' % i, doraise=True)\n")
-    run = subprocess.run([python, "-c", code, *files], capture_output=True, text=True)
+    run = subprocess.run([python, "-c", code, *files], capture_output=True, encoding="utf-8", errors="replace")
     assert run.returncode == 0, run.stderr
 
 

@@ -68,7 +68,7 @@ def _free_port() -> int:
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD_SIZE}",
                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.mark.slow

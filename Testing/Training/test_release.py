@@ -76,7 +76,8 @@ def test_export_writes_a_release_the_lib_loads_and_segments_real_ct(tmp_path, sh
     out = tmp_path / "seg.nii.gz"
     done = subprocess.run([sys.executable, "-m", "KDSegmentationLib.cli", "--registry", str(release / "registry.json"),
                            "segment", str(shared_data / "ct" / "totalsegmentator_dicom" / "example_ct_dicom"),
-                           "-o", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                           "-o", str(out), "--device", "cpu"],
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert labels.shape == (20, 512, 512) and set(np.unique(labels)) <= set(range(9))

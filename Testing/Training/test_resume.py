@@ -54,7 +54,7 @@ def latest_step(run):
 def start(config):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "kdseg_train.cli", "train", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
 
 def wait_for_checkpoint(proc, run, min_step, timeout=120):

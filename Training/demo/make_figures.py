@@ -1,5 +1,6 @@
 """README figures: the shipped model's organs on a slice of the bundled sample CT, and the
-teacher / student-with-KD / student-without-KD validation Dice chart.
+teacher / student-with-KD / student-without-KD validation Dice chart; prints the model card's
+per-organ table (Markdown) from the same evaluation reports.
 
     python Training/demo/make_figures.py RUNS_DIR OUTPUT_DIR
 """
@@ -48,15 +49,49 @@ def overlay(output: Path) -> None:
     plt.close(fig)
 
 
+MODELS = {"teacher (R50-ViT-B/16)": "teacher_demo", "student SHSA + KD": "student_distill_demo",
+          "student SHSA, no KD": "student_nokd_demo"}
+
+
+def _summary(runs: Path, run: str) -> dict:
+    return json.loads((runs / "eval" / run / "evaluation.json").read_text(encoding="utf-8"))["summary"]
+
+
+def ablation_table(runs: Path) -> str:
+    """Per-organ validation Dice / HD95 (mm) of the three demo models, as a Markdown table (model card)."""
+    columns = {"teacher R50-ViT-B/16": "teacher_demo", "student SHSA + KD (shipped)": "student_distill_demo",
+               "student SHSA, no KD": "student_nokd_demo"}
+    summaries = {title: _summary(runs, run) for title, run in columns.items()}
+    lines = ["| organ (validation cases) | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+    def cell(stats: dict) -> str:
+        return "n/a" if not stats.get("n") else f"{stats['mean']:.3f}"
+
+    def hd(stats: dict) -> str:
+        return "–" if not stats.get("n") else f"{stats['mean']:.1f}"
+
+    for organ in SYNAPSE_ORGANS:
+        first = next(iter(summaries.values()))["transunet"]["organs"].get(organ.name)
+        if first is None:
+            continue
+        row = [f"{organ.display_name.lower()} ({first['dice']['n']})"]
+        for summary in summaries.values():
+            dice = summary["transunet"]["organs"][organ.name]["dice"]
+            hd95 = summary["physical"]["organs"][organ.name]["hd95_mm"]
+            row.append(f"{cell(dice)} / {hd(hd95)}")
+        lines.append("| " + " | ".join(row) + " |")
+    means = [f"{s['transunet']['mean']['dice']['mean']:.3f}" for s in summaries.values()]
+    lines.append("| **mean Dice, 8 organs** | " + " | ".join(f"**{m}**" for m in means) + " |")
+    return "\n".join(lines)
+
+
 def comparison(runs: Path, output: Path) -> None:
-    models = {"teacher (R50-ViT-B/16)": "teacher_demo", "student SHSA + KD": "student_distill_demo",
-              "student SHSA, no KD": "student_nokd_demo"}
+    models = MODELS
     organs = [o.name for o in SYNAPSE_ORGANS]
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.27
     for i, (title, run) in enumerate(models.items()):
-        summary = json.loads((runs / "eval" / run / "evaluation.json").read_text(encoding="utf-8"))["summary"]
-        per_organ = summary["transunet"]["organs"]
+        per_organ = _summary(runs, run)["transunet"]["organs"]
         values = [per_organ.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
         ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)
     ax.set_xticks(range(len(organs)))
@@ -75,3 +110,4 @@ if __name__ == "__main__":
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay(out_dir / "segmentation.png")
     comparison(runs_dir, out_dir / "kd_ablation.png")
+    print(ablation_table(runs_dir))

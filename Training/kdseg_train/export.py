@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +60,10 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
 def _atomic_target(path: Path) -> Tuple[Path, Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return path, Path(tmp)
+    # Created with "x" rather than mkstemp so the released file gets the user's umask, not 0600.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    open(tmp, "xb").close()
+    return path, tmp
 
 
 @dataclass(frozen=True)
