@@ -121,6 +121,21 @@ class ModelCard:
         """All labels except background (index 0), in index order."""
         return [label for label in self.labels if label.index != 0]
 
+    def validated_structures(self, min_dice: float = 0.5) -> List[str]:
+        """Structures whose mean validation Dice in this card is at least ``min_dice``, in label order.
+
+        The figures are those ``kdseg-train export`` copies from ``kdseg-train evaluate``
+        (``metrics.evaluation.summary``, TransUNet protocol); a card without measured metrics
+        validates nothing. Self-tests expect plausible volumes only for these structures.
+        """
+        organs = self.metrics.get("evaluation", {}).get("summary", {}).get("transunet", {}).get("organs", {})
+        validated = []
+        for label in self.foreground_labels():
+            dice = organs.get(label.name, {}).get("dice", {})
+            if dice.get("n") and dice.get("mean") is not None and dice["mean"] >= min_dice:
+                validated.append(label.name)
+        return validated
+
     def label_by_name(self, name: str) -> LabelInfo:
         """The foreground label called ``name`` (case-insensitive; display names accepted too).
 

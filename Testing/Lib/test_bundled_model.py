@@ -1,6 +1,7 @@
 """The model shipped in Resources/Models: verified, offline, and segmenting the bundled sample CT."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -8,6 +9,7 @@ import SimpleITK as sitk
 from KDSegmentationLib.cli import main
 from KDSegmentationLib.registry import load_registry
 from KDSegmentationLib.resources import sample_ct_path
+from KDSegmentationLib.volume_plausibility import implausible_volumes
 from KDSegmentationLib.weights import is_available_offline
 
 
@@ -35,4 +37,16 @@ def test_quick_start_command_segments_the_sample_with_the_shipped_model(tmp_path
     liver = sitk.GetArrayFromImage(seg) == 5
     dice = 2 * (liver & reference).sum() / (liver.sum() + reference.sum())
     assert dice > 0.5
-    assert json.loads(volumes.read_text(encoding="utf-8"))["volumes_ml"]["liver"] > 500
+    # What the in-Slicer self-test checks: plausible volumes for every structure the card validates.
+    card = load_registry().get()
+    assert "liver" in card.validated_structures()
+    assert implausible_volumes(json.loads(volumes.read_text(encoding="utf-8"))["volumes_ml"],
+                               card.validated_structures()) == []
+
+
+def test_validated_structures_follow_the_card_metrics():
+    card = load_registry().get()
+    organs = card.metrics["evaluation"]["summary"]["transunet"]["organs"]
+    assert card.validated_structures() == [name for name in organs if organs[name]["dice"]["mean"] >= 0.5]
+    assert card.validated_structures(min_dice=1.01) == []
+    assert replace(card, metrics={}).validated_structures() == []
