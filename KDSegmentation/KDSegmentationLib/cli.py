@@ -10,12 +10,12 @@ import json
 import logging
 import os
 import sys
-import secrets
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .atomic_files import write_text_atomic
 from .errors import EXIT_CANCELLED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, KDSegError, OutputError
 from .progress import ProgressEvent, Stage
 
@@ -116,18 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write_json_atomic(data: object, path: Path) -> None:
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror}.", "Choose a writable path.") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _check_json_path(path: Path) -> None:

@@ -181,8 +181,9 @@ def _check_scheme(url: str) -> str:
                         "Use an https:// location for the weights, or place the file by hand.")
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    """Connects with ``timeout``, then waits at most ``read_timeout`` for each read."""
+class _ReadTimeout:
+    """Connection mixin: connect (and TLS handshake) with ``timeout``, then wait at most
+    ``read_timeout`` for each read."""
 
     def __init__(self, *args, read_timeout: float, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -193,16 +194,12 @@ class _HTTPConnection(http.client.HTTPConnection):
         self.sock.settimeout(self._read_timeout)
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """TCP connect and TLS handshake with ``timeout``, then ``read_timeout`` per read."""
+class _HTTPConnection(_ReadTimeout, http.client.HTTPConnection):
+    pass
 
-    def __init__(self, *args, read_timeout: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._read_timeout = read_timeout
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self._read_timeout)
+class _HTTPSConnection(_ReadTimeout, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):

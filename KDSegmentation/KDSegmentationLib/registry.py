@@ -16,15 +16,14 @@ itself, so the two can never drift apart unnoticed.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import urllib.parse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .anatomy import ANATOMICAL_STRUCTURE, SYNAPSE_ORGANS, OrganLabel
+from .atomic_files import write_text_atomic
 from .errors import ModelNotFoundError, RegistryError
 from .resources import models_dir, registry_path
 
@@ -512,14 +511,4 @@ def write_registry(path: Union[str, Path], cards: Iterable[ModelCard],
     text = json.dumps(data, indent=2) + "\n"
     validate_registry_data(json.loads(text), path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Opened with "x" rather than mkstemp so the registry gets the user's umask (mkstemp's 0600
-    # would make a shared release folder unreadable to colleagues).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, text)

@@ -49,7 +49,7 @@ def overlay(output: Path) -> None:
     plt.close(fig)
 
 
-MODELS = {"teacher (R50-ViT-B/16)": "teacher_demo", "student SHSA + KD": "student_distill_demo",
+MODELS = {"teacher R50-ViT-B/16": "teacher_demo", "student SHSA + KD (shipped)": "student_distill_demo",
           "student SHSA, no KD": "student_nokd_demo"}
 
 
@@ -59,10 +59,8 @@ def _summary(runs: Path, run: str) -> dict:
 
 def ablation_table(runs: Path) -> str:
     """Per-organ validation Dice / HD95 (mm) of the three demo models, as a Markdown table (model card)."""
-    columns = {"teacher R50-ViT-B/16": "teacher_demo", "student SHSA + KD (shipped)": "student_distill_demo",
-               "student SHSA, no KD": "student_nokd_demo"}
-    summaries = {title: _summary(runs, run) for title, run in columns.items()}
-    lines = ["| organ (validation cases) | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    summaries = {title: _summary(runs, run) for title, run in MODELS.items()}
+    lines = ["| organ (validation cases) | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
 
     def cell(stats: dict) -> str:
         return "n/a" if not stats.get("n") else f"{stats['mean']:.3f}"
@@ -86,11 +84,10 @@ def ablation_table(runs: Path) -> str:
 
 
 def comparison(runs: Path, output: Path) -> None:
-    models = MODELS
     organs = [o.name for o in SYNAPSE_ORGANS]
     fig, ax = plt.subplots(figsize=(9, 3.6))
     width = 0.27
-    for i, (title, run) in enumerate(models.items()):
+    for i, (title, run) in enumerate(MODELS.items()):
         per_organ = _summary(runs, run)["transunet"]["organs"]
         values = [per_organ.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
         ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from KDSegmentationLib.atomic_files import temporary_sibling, write_text_atomic
 
 from .models import TransUNet, TransUNetConfig
 from .models.resnet_v2 import StdConv2d
@@ -60,10 +61,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
 def _atomic_target(path: Path) -> Tuple[Path, Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Created with "x" rather than mkstemp so the released file gets the user's umask, not 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    open(tmp, "xb").close()
-    return path, tmp
+    return path, temporary_sibling(path, suffix=".tmp")
 
 
 @dataclass(frozen=True)
@@ -230,13 +228,7 @@ def export_safetensors(model: TransUNet, directory: Union[str, Path],
     finally:
         if tmp.exists():
             tmp.unlink()
-    cfg_path, tmp = _atomic_target(directory / SAFETENSORS_CONFIG)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, cfg_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(directory / SAFETENSORS_CONFIG, text)
     return weights
 
 
