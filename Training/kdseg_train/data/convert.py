@@ -26,7 +26,8 @@ _log = logging.getLogger("kdseg_train")
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the converter's options to ``parser`` (a sub-command parser)."""
-    parser.add_argument("root", type=Path, help="Synapse dataset root to write (created if missing)")
+    parser.add_argument("root", type=Path, help="output folder: the Synapse dataset root to write (created if "
+                        "missing), or with --layout the folder for labels/ and datalist.json")
     source = parser.add_argument_group("input (one of)")
     source.add_argument("--images", type=Path, nargs="+",
                         help="image files or DICOM series folders (with --labels, same order)")
