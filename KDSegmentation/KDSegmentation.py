@@ -26,8 +26,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from KDSegmentationLib.background_task import BackgroundTask, TaskFailed, TaskFinished
-from KDSegmentationLib.dependencies import (
+from KDSegmentationLib.slicer_support.background_task import BackgroundTask, TaskFailed, TaskFinished
+from KDSegmentationLib.slicer_support.dependencies import (
     describe_auto_device,
     install_requirements,
     nvidia_gpu_present,
@@ -37,14 +37,14 @@ from KDSegmentationLib.dependencies import (
 )
 from KDSegmentationLib.errors import KDSegError
 from KDSegmentationLib.progress import ProgressEvent, Stage
-from KDSegmentationLib.run_settings import (
+from KDSegmentationLib.slicer_support.run_settings import (
     MAX_BATCH_SIZE,
     gui_inference_threads,
     join_structure_list,
     parse_structure_list,
     run_settings,
 )
-from KDSegmentationLib.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
+from KDSegmentationLib.slicer_support.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
 
 # The timer drains the worker's queue; each tick also waits a few milliseconds with the
 # GIL released so that the worker's Python code advances (see BackgroundTask.poll).
@@ -384,7 +384,7 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
 
     # -- models ---------------------------------------------------------------------
     def registry(self):
-        from KDSegmentationLib.registry import load_registry
+        from KDSegmentationLib.weights.model_registry import load_registry
 
         if self._registry is None:
             self._registry = load_registry()
@@ -392,7 +392,7 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
 
     def modelStates(self):
         """(card, available offline) for each registered model."""
-        from KDSegmentationLib.weights import is_available_offline
+        from KDSegmentationLib.weights.resolution import is_available_offline
 
         registry = self.registry()
         return [(card, is_available_offline(card, registry.directory)) for card in registry.models.values()]
@@ -407,7 +407,7 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
         return ""
 
     def modelDescription(self, card) -> str:
-        from KDSegmentationLib.weights import cached_path, is_available_offline
+        from KDSegmentationLib.weights.resolution import cached_path, is_available_offline
 
         if is_available_offline(card, self.registry().directory):
             where = _("Weights are installed; works offline.")
@@ -457,8 +457,8 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
         return array, slicer.util.arrayFromVTKMatrix(matrix)
 
     def _work(self, array, ijkToRAS, settings):
-        from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter
-        from KDSegmentationLib.volume_segmentation import segment_volume_array
+        from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter
+        from KDSegmentationLib.slicer_support.module_segmentation import segment_volume_array
 
         registry = self.registry()
 
@@ -595,8 +595,8 @@ class KDSegmentationTest(ScriptedLoadableModuleTest):
         self.test_ct_abdomen_panoramix()
 
     def _segmentAndCheck(self, volume):
-        from KDSegmentationLib.terminology import parse_terminology_entry
-        from KDSegmentationLib.volume_plausibility import implausible_volumes
+        from KDSegmentationLib.slicer_support.terminology import parse_terminology_entry
+        from KDSegmentationLib.slicer_support.organ_volume_ranges import implausible_volumes
 
         logic = KDSegmentationLogic()
         self.assertTrue(logic.ensureOnnxRuntime(confirm=False))

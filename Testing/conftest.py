@@ -48,7 +48,7 @@ def write_plumbing_registry(directory: Path, onnx_path: Path, img_size: int = PL
     import hashlib
     import shutil
 
-    from KDSegmentationLib.registry import InputSpec, ModelCard, labels_from_anatomy, write_registry
+    from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, write_registry
 
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / "untrained-plumbing.onnx"
@@ -72,7 +72,7 @@ def plumbing_registry(tmp_path, untrained_student_onnx) -> Path:
 @pytest.fixture(scope="session")
 def plumbing_segmenter(tmp_path_factory, untrained_student_onnx):
     """A CPU Segmenter on the untrained plumbing graph (geometry and plumbing tests only)."""
-    from KDSegmentationLib.pipeline import Segmenter
+    from KDSegmentationLib.inference.pipeline import Segmenter
 
     registry = write_plumbing_registry(tmp_path_factory.mktemp("seg_models"), untrained_student_onnx)
     return Segmenter.from_registry(device="cpu", registry=registry, allow_download=False)

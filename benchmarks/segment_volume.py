@@ -29,9 +29,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from KDSegmentationLib.errors import KDSegError
-from KDSegmentationLib.registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.slice_resampling import argmax_resized, resize_slices
+from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.inference.slice_resampling import argmax_resized, resize_slices
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "totalsegmentator_example" / "example_ct.nii.gz"
 

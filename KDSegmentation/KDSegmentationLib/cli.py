@@ -133,10 +133,10 @@ def _check_json_path(path: Path) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .image_io import check_output_path, read_image, write_image_atomic
-    from .intensity_checks import reject_unusable_values
-    from .pipeline import SegmentationOptions, Segmenter, segment_image, structure_label_values
-    from .registry import load_registry
+    from .imaging.image_files import check_output_path, read_image, write_image_atomic
+    from .imaging.intensity_checks import reject_unusable_values
+    from .inference.pipeline import SegmentationOptions, Segmenter, segment_image, structure_label_values
+    from .weights.model_registry import load_registry
     from .resources import sample_ct_path
 
     import SimpleITK as sitk
@@ -192,8 +192,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .registry import load_registry
-    from .weights import is_available_offline
+    from .weights.model_registry import load_registry
+    from .weights.resolution import is_available_offline
 
     registry = load_registry(args.registry)
     if not registry.models:
@@ -215,8 +215,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .registry import load_registry
-    from .weights import resolve_weights
+    from .weights.model_registry import load_registry
+    from .weights.resolution import resolve_weights
 
     registry = load_registry(args.registry)
     card = registry.get(args.model_id)

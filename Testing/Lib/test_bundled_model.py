@@ -7,10 +7,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from KDSegmentationLib.cli import main
-from KDSegmentationLib.registry import load_registry
+from KDSegmentationLib.weights.model_registry import load_registry
 from KDSegmentationLib.resources import sample_ct_path
-from KDSegmentationLib.volume_plausibility import implausible_volumes
-from KDSegmentationLib.weights import is_available_offline
+from KDSegmentationLib.slicer_support.organ_volume_ranges import implausible_volumes
+from KDSegmentationLib.weights.resolution import is_available_offline
 
 
 def test_every_bundled_model_is_verified_offline_and_documented():

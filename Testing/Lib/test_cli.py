@@ -224,7 +224,7 @@ def test_output_that_is_the_input_is_refused(capsys, plumbing_registry, tmp_path
 
 def test_ctrl_c_during_inference_leaves_no_file_and_keeps_an_existing_one(capsys, plumbing_registry, tmp_path,
                                                                           monkeypatch):
-    from KDSegmentationLib.engine import InferenceEngine
+    from KDSegmentationLib.inference.onnx_engine import InferenceEngine
 
     calls = []
     real_run = InferenceEngine.run
@@ -248,7 +248,7 @@ def test_ctrl_c_during_inference_leaves_no_file_and_keeps_an_existing_one(capsys
 
 
 def test_ctrl_c_while_writing_leaves_no_partial_file(capsys, plumbing_registry, tmp_path, monkeypatch):
-    import KDSegmentationLib.image_io as image_io
+    import KDSegmentationLib.imaging.image_files as image_io
 
     def half_written(image, path, useCompression=True):
         with open(path, "wb") as handle:

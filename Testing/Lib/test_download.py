@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from KDSegmentationLib.download import FileLock, download_file
+from KDSegmentationLib.weights.download import FileLock, download_file
 from KDSegmentationLib.errors import CancelledError, ChecksumError, DownloadError
 from KDSegmentationLib.progress import CancelToken, Stage
 

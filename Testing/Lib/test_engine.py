@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from KDSegmentationLib.engine import CPU_PROVIDER, CUDA_PROVIDER, InferenceEngine, probe_cuda, select_device
+from KDSegmentationLib.inference.onnx_engine import CPU_PROVIDER, CUDA_PROVIDER, InferenceEngine, probe_cuda, select_device
 from KDSegmentationLib.errors import DeviceError, WeightsError
 
 GPU_BUILD = CUDA_PROVIDER in ort.get_available_providers()

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from KDSegmentationLib.errors import InputImageError, OutputError
-from KDSegmentationLib.image_io import check_output_path, list_dicom_series, read_image, write_image_atomic
-from KDSegmentationLib.intensity_checks import check_ct_intensities, intensity_warnings, reject_unusable_values
+from KDSegmentationLib.imaging.image_files import check_output_path, list_dicom_series, read_image, write_image_atomic
+from KDSegmentationLib.imaging.intensity_checks import check_ct_intensities, intensity_warnings, reject_unusable_values
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_atomic_write_round_trips_real_ct_and_leaves_nothing_else(ct_dir, tmp_pa
 
 
 def test_failed_or_interrupted_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
-    import KDSegmentationLib.image_io as image_io
+    import KDSegmentationLib.imaging.image_files as image_io
 
     out = tmp_path / "seg.nii.gz"
     out.write_bytes(b"old result")

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from KDSegmentationLib.errors import CancelledError, InputImageError, ModelNotFoundError, RegistryError
-from KDSegmentationLib.pipeline import (SegmentationOptions, Segmenter, segment_file, segment_image,
+from KDSegmentationLib.inference.pipeline import (SegmentationOptions, Segmenter, segment_file, segment_image,
                                         structure_label_values)
 from KDSegmentationLib.progress import CancelToken, Stage
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KDSegmentationLib.orientation import from_canonical, orientation_code, to_canonical
-from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter, segment_image
-from KDSegmentationLib.registry import InputSpec, LabelInfo, ModelCard
+from KDSegmentationLib.imaging.orientation import from_canonical, orientation_code, to_canonical
+from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
+from KDSegmentationLib.weights.model_registry import InputSpec, LabelInfo, ModelCard
 
 # TotalSegmentator 'total' ids of the reference label maps (see shared/data/README.md).
 TS_LIVER, TS_SPLEEN = 5, 1
@@ -112,7 +112,7 @@ def test_reference_organ_lands_where_it_is_in_every_orientation(reference_seg, o
 
 def test_reference_liver_lands_in_place_on_the_real_dicom_series(shared_data):
     """512 x 512 DICOM (y stored the other way round than its label map) -> 224 grid -> back."""
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     folder = shared_data / "ct" / "totalsegmentator_dicom"
     image = read_image(folder / "example_ct_dicom")
@@ -159,7 +159,7 @@ def test_segmentation_has_input_geometry_and_is_orientation_invariant(example_ct
 
 
 def test_dicom_series_written_from_real_ct_keeps_geometry(example_ct, plumbing_segmenter, tmp_path):
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     ct = sitk.Cast(example_ct[:, :, 40:56], sitk.sitkInt16)
     writer = sitk.ImageFileWriter()
@@ -191,7 +191,7 @@ def test_dicom_series_written_from_real_ct_keeps_geometry(example_ct, plumbing_s
 
 def test_real_dicom_series_with_reversed_label_order_overlay(shared_data):
     """The DICOM example's label map indexes y the other way; in physical space the liver matches."""
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     folder = shared_data / "ct" / "totalsegmentator_dicom"
     image = read_image(folder / "example_ct_dicom")

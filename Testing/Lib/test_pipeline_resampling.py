@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.preprocessing import window_to_unit
-from KDSegmentationLib.slice_resampling import argmax_resized, axis_weights, resize_channels, resize_slices
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.inference.preprocessing import window_to_unit
+from KDSegmentationLib.inference.slice_resampling import argmax_resized, axis_weights, resize_channels, resize_slices
 
 
 @pytest.fixture(scope="module")
 def real_slices(shared_data):
     """Six windowed axial slices (512 x 512) of the real DICOM CT, canonical orientation."""
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     image = to_canonical(read_image(shared_data / "ct" / "totalsegmentator_dicom" / "example_ct_dicom"))
     return window_to_unit(sitk.GetArrayFromImage(image)[7:13], (-125, 275))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KDSegmentationLib.postprocessing import keep_structures, largest_component_and_fill
-from KDSegmentationLib.volumes import label_volumes_ml
+from KDSegmentationLib.inference.postprocessing import keep_structures, largest_component_and_fill
+from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 
 
 def test_largest_component_is_kept_and_holes_filled_without_touching_other_organs():

@@ -9,9 +9,9 @@ import sys
 import jsonschema
 import pytest
 
-from KDSegmentationLib import registry as registry_module
+from KDSegmentationLib.weights import model_registry as registry_module
 from KDSegmentationLib.errors import ModelNotFoundError, RegistryError
-from KDSegmentationLib.registry import (card_from_dict, card_to_dict, labels_from_anatomy, load_registry,
+from KDSegmentationLib.weights.model_registry import (card_from_dict, card_to_dict, labels_from_anatomy, load_registry,
                                         schema_path, url_is_allowed, write_registry)
 from KDSegmentationLib.resources import registry_path
 

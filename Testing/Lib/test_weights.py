@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from KDSegmentationLib import weights as weights_module
+from KDSegmentationLib.weights import resolution as weights_module
 from KDSegmentationLib.errors import ChecksumError, WeightsError
-from KDSegmentationLib.registry import load_registry
-from KDSegmentationLib.weights import cache_dir, cached_path, is_available_offline, resolve_weights
+from KDSegmentationLib.weights.model_registry import load_registry
+from KDSegmentationLib.weights.resolution import cache_dir, cached_path, is_available_offline, resolve_weights
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KDSegmentationLib.background_task import BackgroundTask, TaskFailed, TaskFinished
-from KDSegmentationLib.pipeline import SegmentationOptions, Segmenter
+from KDSegmentationLib.slicer_support.background_task import BackgroundTask, TaskFailed, TaskFinished
+from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter
 from KDSegmentationLib.progress import ProgressEvent, Stage
-from KDSegmentationLib.registry import labels_from_anatomy, load_registry
-from KDSegmentationLib.run_settings import gui_inference_threads, run_settings
-from KDSegmentationLib.terminology import parse_terminology_entry, terminology_entry
-from KDSegmentationLib.volume_geometry import ijk_to_ras_from_image, image_from_kji_array
-from KDSegmentationLib.status_text import format_timings
-from KDSegmentationLib.volume_segmentation import segment_volume_array
+from KDSegmentationLib.weights.model_registry import labels_from_anatomy, load_registry
+from KDSegmentationLib.slicer_support.run_settings import gui_inference_threads, run_settings
+from KDSegmentationLib.slicer_support.terminology import parse_terminology_entry, terminology_entry
+from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
+from KDSegmentationLib.slicer_support.status_text import format_timings
+from KDSegmentationLib.slicer_support.module_segmentation import segment_volume_array
 
 
 def _oblique(image):

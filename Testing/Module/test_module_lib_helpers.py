@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from KDSegmentationLib.background_task import BackgroundTask, TaskFinished
-from KDSegmentationLib.dependencies import (
+from KDSegmentationLib.slicer_support.background_task import BackgroundTask, TaskFinished
+from KDSegmentationLib.slicer_support.dependencies import (
     describe_auto_device,
     install_requirements,
     nvidia_gpu_present,
@@ -17,17 +17,17 @@ from KDSegmentationLib.dependencies import (
 )
 from KDSegmentationLib.errors import DeviceError, KDSegError, ModelNotFoundError
 from KDSegmentationLib.progress import ProgressEvent, Stage
-from KDSegmentationLib.registry import load_registry, write_registry
+from KDSegmentationLib.weights.model_registry import load_registry, write_registry
 from KDSegmentationLib.resources import registry_path
-from KDSegmentationLib.run_settings import (
+from KDSegmentationLib.slicer_support.run_settings import (
     gui_inference_threads,
     join_structure_list,
     parse_structure_list,
     run_settings,
 )
-from KDSegmentationLib.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
-from KDSegmentationLib.volume_plausibility import PLAUSIBLE_VOLUME_ML, implausible_volumes
-from KDSegmentationLib.volumes import label_volumes_ml
+from KDSegmentationLib.slicer_support.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
+from KDSegmentationLib.slicer_support.organ_volume_ranges import PLAUSIBLE_VOLUME_ML, implausible_volumes
+from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 
 # --- settings ------------------------------------------------------------------------
 

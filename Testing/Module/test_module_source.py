@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from KDSegmentationLib.engine import DEVICES
-from KDSegmentationLib.run_settings import MAX_BATCH_SIZE
+from KDSegmentationLib.inference.onnx_engine import DEVICES
+from KDSegmentationLib.slicer_support.run_settings import MAX_BATCH_SIZE
 
 from slicer_api_names import MODULE, MODULE_FILES, listed_names, used_names
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "KDSegmentation"
+LIB_DIR = MODULE_DIR / "KDSegmentationLib"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "KDSegmentation.ui"
 SLICER_PYTHONS = {"3.9": "Slicer 5.2-5.8", "3.12": "Slicer 5.10 and later"}
 
@@ -30,7 +31,7 @@ def _python(version):
 
 
 def _module_python_files():
-    return [*MODULE_FILES, *sorted((MODULE_DIR / "KDSegmentationLib").glob("*.py"))]
+    return [*MODULE_FILES, *sorted(LIB_DIR.rglob("*.py"))]
 
 
 def test_module_files_parse_as_python_39():
@@ -43,10 +44,43 @@ def test_module_files_parse_as_python_39():
                 # The parameter node wrapper evaluates annotations at runtime.
                 assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), \
                     f"{path.name}:{node.lineno}: `X | Y` annotations fail on Slicer 5.8's Python 3.9"
-    for path in (MODULE_DIR / "KDSegmentationLib").glob("*.py"):
+    for path in LIB_DIR.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(torch|slicer|qt|vtk)\b", text, re.M), path
         assert "from __future__ import annotations" in text or not text.strip() or path.name == "__init__.py", path
+
+
+# Which Lib subpackages each may import (the top-level modules errors, progress, anatomy,
+# resources and atomic_files are open to all). The Slicer-support helpers sit on top.
+_LAYERS = {
+    "imaging": set(),
+    "weights": set(),
+    "inference": {"imaging", "weights"},
+    "slicer_support": {"imaging", "inference", "weights"},
+}
+
+
+def _imported_lib_subpackages(path: Path):
+    package = path.relative_to(LIB_DIR).parts[:-1]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[:len(package) - node.level + 1])
+            target = base + (node.module.split(".") if node.module else [])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("KDSegmentationLib."):
+            target = node.module.split(".")[1:]
+        else:
+            continue
+        if target and target[0] in _LAYERS:
+            yield node.lineno, target[0]
+
+
+def test_lib_subpackages_import_only_lower_layers():
+    for path in LIB_DIR.rglob("*.py"):
+        parts = path.relative_to(LIB_DIR).parts
+        own = parts[0] if len(parts) > 1 else None
+        allowed = _LAYERS.get(own, set(_LAYERS)) | {own}
+        for lineno, target in _imported_lib_subpackages(path):
+            assert target in allowed, f"{path.relative_to(LIB_DIR)}:{lineno} imports {target}; allowed: {sorted(allowed - {None})}"
 
 
 @pytest.mark.parametrize("version", sorted(SLICER_PYTHONS))
@@ -110,8 +144,8 @@ def test_ui_file_has_every_widget_the_module_uses_and_bindable_parameters():
 
 def test_module_cmake_lists_every_lib_file_resource_and_test():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/(\w+\.py)", cmake))
-    assert listed == {p.name for p in (MODULE_DIR / "KDSegmentationLib").glob("*.py")}
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/([\w/]+\.py)", cmake))
+    assert listed == {p.relative_to(LIB_DIR).as_posix() for p in LIB_DIR.rglob("*.py")}
     resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", cmake, re.S).group(1).split()
     for resource in resources:
         assert not Path(resource).is_absolute() and ".." not in resource  # the CTK macro copies to dest/<path>

@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.preprocessing import window_to_unit
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.inference.preprocessing import window_to_unit
 from kdseg_train.data import (IGNORE_INDEX, Cataract1KDataset, NiftiVolumeDataset, SynapseSliceDataset,
                               SynapseVolumeDataset, build_dataset, load_ct_volume, pairs_from_datalist,
                               pairs_from_folders, remap_labels)
@@ -85,7 +85,7 @@ def test_dicom_series_label_resampled_in_physical_space(shared_data):
 
 
 def _read_dicom(folder):
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     return read_image(folder)
 

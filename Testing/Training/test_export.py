@@ -10,8 +10,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.preprocessing import window_to_unit
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.inference.preprocessing import window_to_unit
 from kdseg_train.export import (export_onnx, export_safetensors, fold_for_inference, load_safetensors_model,
                                 onnx_parity)
 from kdseg_train.models import create_model

@@ -64,7 +64,7 @@ def test_export_writes_a_release_the_lib_loads_and_segments_real_ct(tmp_path, sh
     summary = card["metrics"]["evaluation"]["summary"]
     assert set(summary) == {"transunet", "physical"} and "liver" in summary["transunet"]["organs"]
 
-    from KDSegmentationLib.pipeline import Segmenter, segment_image
+    from KDSegmentationLib.inference.pipeline import Segmenter, segment_image
 
     segmenter = Segmenter.from_registry(registry=release / "registry.json", device="cpu", allow_download=False)
     ct = sitk.ReadImage(str(shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz"))

@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS  # noqa: E402
-from KDSegmentationLib.orientation import to_canonical  # noqa: E402
-from KDSegmentationLib.pipeline import Segmenter, segment_image  # noqa: E402
-from KDSegmentationLib.preprocessing import window_to_unit  # noqa: E402
+from KDSegmentationLib.imaging.orientation import to_canonical  # noqa: E402
+from KDSegmentationLib.inference.pipeline import Segmenter, segment_image  # noqa: E402
+from KDSegmentationLib.inference.preprocessing import window_to_unit  # noqa: E402
 from KDSegmentationLib.resources import sample_ct_path  # noqa: E402
 
 

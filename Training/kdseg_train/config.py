@@ -17,13 +17,15 @@ from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
+from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW, DEFAULT_INPUT_SIZE
+
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "save_config"]
 
 DEFAULTS: Dict[str, Any] = {
     "model": {
         "name": "teacher-r50-b16",
         "num_classes": 9,
-        "img_size": 224,
+        "img_size": DEFAULT_INPUT_SIZE,
         "in_channels": 1,
         "pretrained": None,  # R50+ViT-B_16.npz (ImageNet-21k) for the teacher
         "overrides": {},  # architecture fields, e.g. {dropout: 0.0}
@@ -34,7 +36,7 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 24,  # global batch: split over the processes of a torchrun job
         "num_workers": 0,
         "augment": True,
-        "hu_window": [-125, 275],
+        "hu_window": list(DEFAULT_HU_WINDOW),
     },
     "loss": {"ce_weight": 0.5, "dice_weight": 0.5},
     "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9},

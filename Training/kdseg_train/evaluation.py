@@ -1,7 +1,7 @@
 """``kdseg-train evaluate``: per-case, per-organ Dice and HD95 of a model, as JSON and Markdown.
 
 The model is run either through the Lib's ONNX pipeline (``backend: onnx``, what Slicer
-and ``kdseg`` users get: :func:`KDSegmentationLib.pipeline.segment_image` on the image
+and ``kdseg`` users get: :func:`KDSegmentationLib.inference.pipeline.segment_image` on the image
 read from disk) or directly in PyTorch (``backend: pytorch``, any run folder or
 checkpoint, also for Cataract-1K frames). Two protocols are reported side by side (see
 :mod:`kdseg_train.metrics`): ``transunet`` (voxel-unit HD95 and TransUNet's empty-mask
@@ -90,7 +90,7 @@ def load_run_model(source: ModelSource):
 
 
 def _onnx_segmenter(source: ModelSource, config: Dict[str, Any], workdir: Path):
-    from KDSegmentationLib.pipeline import Segmenter
+    from KDSegmentationLib.inference.pipeline import Segmenter
 
     if source.kind == "registry":
         return Segmenter.from_registry(source.model_id, device="cpu", registry=source.path, allow_download=False)
@@ -104,7 +104,7 @@ def _onnx_segmenter(source: ModelSource, config: Dict[str, Any], workdir: Path):
 
 def _image_for_lib(case: EvaluationCase, hu_window) -> sitk.Image:
     """The CT to give the Lib: read from disk for file entries; rebuilt in HU for Synapse arrays."""
-    from KDSegmentationLib.image_io import read_image
+    from KDSegmentationLib.imaging.image_files import read_image
 
     if "image" in case.source:
         return read_image(case.source["image"])
@@ -115,8 +115,8 @@ def _image_for_lib(case: EvaluationCase, hu_window) -> sitk.Image:
 
 
 def _predict_onnx(segmenter, case: EvaluationCase, hu_window, postprocess: bool, batch_size: int) -> np.ndarray:
-    from KDSegmentationLib.orientation import to_canonical
-    from KDSegmentationLib.pipeline import SegmentationOptions, segment_image
+    from KDSegmentationLib.imaging.orientation import to_canonical
+    from KDSegmentationLib.inference.pipeline import SegmentationOptions, segment_image
 
     if case.image.ndim != 3:
         raise ValueError(f"case {case.name}: the Lib's pipeline segments CT volumes; evaluate video frames with "

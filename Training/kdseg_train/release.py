@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from KDSegmentationLib.registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
+from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
 
 __all__ = ["write_release", "export_release", "training_record", "metrics_record"]
 

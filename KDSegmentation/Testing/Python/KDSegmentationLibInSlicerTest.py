@@ -8,9 +8,9 @@ import vtk
 import sitkUtils
 import slicer
 
-from KDSegmentationLib.registry import labels_from_anatomy
-from KDSegmentationLib.terminology import terminology_entry
-from KDSegmentationLib.volume_geometry import ijk_to_ras_from_image, image_from_kji_array
+from KDSegmentationLib.weights.model_registry import labels_from_anatomy
+from KDSegmentationLib.slicer_support.terminology import terminology_entry
+from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
 
 
 class KDSegmentationLibInSlicerTest(unittest.TestCase):

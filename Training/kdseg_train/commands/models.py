@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from KDSegmentationLib.inference.input_defaults import DEFAULT_INPUT_SIZE
+
 from .common import report_errors
 
 __all__ = ["register"]
@@ -41,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
                         help="only these configs (default: all registered)")
-    parser.add_argument("--img-size", type=int, default=224, help="square input size for MACs and ONNX")
+    parser.add_argument("--img-size", type=int, default=DEFAULT_INPUT_SIZE,
+                        help="square input size for MACs and ONNX (default: %(default)s)")
     parser.add_argument("--num-classes", type=int, default=9, help="output classes (9 = Synapse)")
     parser.add_argument("--no-onnx-size", dest="onnx_size", action="store_false",
                         help="skip exporting each model to ONNX to measure its file size (faster)")

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Mapping
 
 from torch.utils.data import Dataset
 
+from KDSegmentationLib.inference.input_defaults import DEFAULT_INPUT_SIZE
+
 from .augmentation import TransUNetAugmentation, augment_slice, resize_pair, sample_seed
 from .cataract import CATARACT_TASKS, Cataract1KDataset
 from .ct_volumes import DEFAULT_HU_WINDOW, CTVolume, load_ct_volume
@@ -62,7 +64,7 @@ def build_transform(cfg: Mapping[str, Any], augment_default: bool = True) -> Tra
     if unknown:
         raise ValueError(f"data entry augmentation: unknown option(s) {sorted(unknown)}; known: "
                          f"{', '.join(sorted(_AUGMENTATION_KEYS))}")
-    return TransUNetAugmentation(img_size=int(cfg.get("img_size", 224)), augment=bool(cfg.get("augment",
+    return TransUNetAugmentation(img_size=int(cfg.get("img_size", DEFAULT_INPUT_SIZE)), augment=bool(cfg.get("augment",
                                  augment_default)), seed=int(cfg.get("seed", 1234)), **options)
 
 

@@ -13,7 +13,7 @@ Where we differ, and why:
   overshoot is clipped back to [0, 1];
 - the final resize to ``img_size`` defaults to bilinear, edge-aligned
   (``align_corners=False``), because that is exactly how the Lib resizes slices at
-  inference (``KDSegmentationLib.slice_resampling``); ``resize_mode="bicubic"`` gives
+  inference (``KDSegmentationLib.inference.slice_resampling``); ``resize_mode="bicubic"`` gives
   TransUNet's cubic resize.
 
 Reproducibility: :meth:`TransUNetAugmentation.reseed` seeds the state from

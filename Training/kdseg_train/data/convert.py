@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW
+
 from .label_maps import REMAP_TABLES
 
 __all__ = ["add_arguments", "run", "main"]
@@ -42,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Synapse labels the dataset does not annotate (their background is written as 255)")
     parser.add_argument("--split", default="train",
                         help="train (npz slices) or another list name such as test_vol (h5 volumes)")
-    parser.add_argument("--hu-window", type=float, nargs=2, default=(-125.0, 275.0), metavar=("LOW", "HIGH"),
-                        help="HU window clipped and scaled to [0, 1] (default: -125 275, as TransUNet)")
+    parser.add_argument("--hu-window", type=float, nargs=2, default=DEFAULT_HU_WINDOW, metavar=("LOW", "HIGH"),
+                        help="HU window clipped and scaled to [0, 1] (default: %(default)s, as TransUNet)")
     parser.add_argument("--skip-empty", action="store_true",
                         help="train split: write only slices with at least one labelled voxel")
     return parser

@@ -5,8 +5,8 @@ checked like the Lib checks its input. Labels are resampled onto the image grid 
 physical space (SimpleITK, nearest neighbour), so a label file with another index order
 (e.g. the DICOM example's label with y reversed) lines up voxel for voxel; image voxels
 the label file does not cover become ``IGNORE_INDEX``. Both are then brought to
-canonical LPS (``KDSegmentationLib.orientation.to_canonical``) and the image is
-windowed with ``KDSegmentationLib.preprocessing.window_to_unit``: exactly what the Lib
+canonical LPS (``KDSegmentationLib.imaging.orientation.to_canonical``) and the image is
+windowed with ``KDSegmentationLib.inference.preprocessing.window_to_unit``: exactly what the Lib
 feeds the model at inference.
 """
 
@@ -20,20 +20,17 @@ from typing import Iterable, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from KDSegmentationLib.image_io import read_image
-from KDSegmentationLib.intensity_checks import check_ct_intensities
-from KDSegmentationLib.orientation import to_canonical
-from KDSegmentationLib.preprocessing import window_to_unit
+from KDSegmentationLib.imaging.image_files import read_image
+from KDSegmentationLib.imaging.intensity_checks import check_ct_intensities
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW
+from KDSegmentationLib.inference.preprocessing import window_to_unit
 
 from .label_maps import IGNORE_INDEX, remap_labels, resolve_remap
 
 __all__ = ["CTVolume", "load_ct_volume", "read_label_on_grid", "DEFAULT_HU_WINDOW"]
 
 _log = logging.getLogger("kdseg_train")
-
-DEFAULT_HU_WINDOW: Tuple[float, float] = (-125.0, 275.0)
-"""TransUNet/Synapse window, also the window of the Lib's model cards."""
-
 
 @dataclass
 class CTVolume:

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
 from KDSegmentationLib.atomic_files import write_text_atomic
-from KDSegmentationLib.image_io import read_image, write_image_atomic
+from KDSegmentationLib.imaging.image_files import read_image, write_image_atomic
 
 from .layouts import SPLITS, LayoutCase, get_layout
 

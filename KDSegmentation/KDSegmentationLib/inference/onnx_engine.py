@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import DeviceError, WeightsError
+from ..errors import DeviceError, WeightsError
 
 __all__ = ["DEVICES", "CUDA_PROVIDER", "CPU_PROVIDER", "InferenceEngine", "probe_cuda", "select_device",
            "CudaProbe"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from .registry import LabelInfo
+from ..weights.model_registry import LabelInfo
 
 __all__ = ["GENERAL_ANATOMY_CONTEXT", "ANATOMIC_CONTEXT", "terminology_entry", "parse_terminology_entry"]
 

@@ -8,11 +8,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .pipeline import SegmentationOptions, SegmentationResult, Segmenter, segment_image
-from .progress import CancelToken, ProgressCallback
-from .registry import ModelCard
+from ..imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
+from ..inference.pipeline import SegmentationOptions, SegmentationResult, Segmenter, segment_image
+from ..progress import CancelToken, ProgressCallback
+from ..weights.model_registry import ModelCard
 from .terminology import terminology_entry
-from .volume_geometry import ijk_to_ras_from_image, image_from_kji_array
 
 __all__ = ["SegmentSpec", "VolumeSegmentation", "segment_specs", "segment_volume_array"]
 

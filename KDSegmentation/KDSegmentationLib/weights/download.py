@@ -25,8 +25,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .errors import CancelledError, ChecksumError, DownloadError
-from .progress import CancelToken, ProgressCallback, Stage, report
+from ..errors import CancelledError, ChecksumError, DownloadError
+from ..progress import CancelToken, ProgressCallback, Stage, report
 
 try:  # POSIX
     import fcntl

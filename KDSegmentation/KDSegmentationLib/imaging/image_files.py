@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
-from .errors import InputImageError, OutputError
+from ..errors import InputImageError, OutputError
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
            "check_output_path", "write_image_atomic"]

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .engine import DEVICES
-from .errors import DeviceError, KDSegError
-from .registry import ModelCard, ModelRegistry
+from ..errors import DeviceError, KDSegError
+from ..inference.onnx_engine import DEVICES
+from ..weights.model_registry import ModelCard, ModelRegistry
 
 __all__ = ["RunSettings", "run_settings", "parse_structure_list", "join_structure_list", "gui_inference_threads",
            "MAX_BATCH_SIZE"]

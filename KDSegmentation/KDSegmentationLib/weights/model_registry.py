@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .anatomy import ANATOMICAL_STRUCTURE, SYNAPSE_ORGANS, OrganLabel
-from .atomic_files import write_text_atomic
-from .errors import ModelNotFoundError, RegistryError
-from .resources import models_dir, registry_path
+from ..anatomy import ANATOMICAL_STRUCTURE, SYNAPSE_ORGANS, OrganLabel
+from ..atomic_files import write_text_atomic
+from ..errors import ModelNotFoundError, RegistryError
+from ..resources import models_dir, registry_path
 
 __all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "validate_registry_data",
            "url_is_allowed", "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .progress import ProgressEvent, Stage
+from ..progress import ProgressEvent, Stage
 
 __all__ = ["ProgressBarState", "progress_bar_state", "format_timings", "format_result_status", "volume_rows",
            "format_bytes"]

@@ -15,8 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Union
 
-from .errors import CancelledError
-from .progress import CancelToken, ProgressCallback, ProgressEvent
+from ..errors import CancelledError
+from ..progress import CancelToken, ProgressCallback, ProgressEvent
 
 __all__ = ["TaskFinished", "TaskFailed", "BackgroundTask"]
 

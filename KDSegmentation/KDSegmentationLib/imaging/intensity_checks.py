@@ -14,7 +14,7 @@ from typing import List
 
 import numpy as np
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 __all__ = ["reject_unusable_values", "intensity_warnings", "check_ct_intensities"]
 

@@ -23,18 +23,18 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .engine import InferenceEngine
-from .errors import RegistryError
-from .image_io import check_output_path, check_volume_shape, read_image, write_image_atomic
-from .intensity_checks import check_ct_intensities
-from .orientation import CANONICAL_ORIENTATION, from_canonical, orientation_code, to_canonical
+from ..errors import RegistryError
+from ..imaging.image_files import check_output_path, check_volume_shape, read_image, write_image_atomic
+from ..imaging.intensity_checks import check_ct_intensities
+from ..imaging.orientation import CANONICAL_ORIENTATION, from_canonical, orientation_code, to_canonical
+from ..progress import CancelToken, ProgressCallback, Stage, report
+from ..weights.model_registry import ModelCard, ModelRegistry, load_registry
+from ..weights.resolution import resolve_weights
+from .label_volumes import label_volumes_ml
+from .onnx_engine import InferenceEngine
 from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
-from .progress import CancelToken, ProgressCallback, Stage, report
-from .registry import ModelCard, ModelRegistry, load_registry
 from .slice_resampling import argmax_resized, resize_slices
-from .volumes import label_volumes_ml
-from .weights import resolve_weights
 
 __all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "segment_image", "segment_file",
            "structure_label_values"]

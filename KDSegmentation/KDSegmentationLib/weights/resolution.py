@@ -13,10 +13,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import ChecksumError, WeightsError
+from ..progress import CancelToken, ProgressCallback
 from .download import download_file, sha256_of
-from .errors import ChecksumError, WeightsError
-from .progress import CancelToken, ProgressCallback
-from .registry import ModelCard
+from .model_registry import ModelCard
 
 __all__ = ["cache_dir", "cached_path", "bundled_path", "resolve_weights", "is_available_offline",
            "absolute_urls"]
