@@ -1,0 +1,120 @@
+"""Partial-label targets and losses (marginal + exclusion, Shi et al. 2021; label-constrained KD) on real labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdseg_train.data import load_ct_volume
+from kdseg_train.data.label_maps import IGNORE_INDEX
+from kdseg_train.data.partial_targets import (MERGED_BASE, allowed_classes, encode_partial_labels, hard_labels,
+                                              unlabeled_organs)
+from kdseg_train.losses import PixelKLDivergence, SegmentationLoss
+from kdseg_train.losses.partial_label import PartialLabelLoss, exclusion_terms
+from kdseg_train.losses.partial_pixel_kd import PartialLabelPixelKD
+
+LIVER, SPLEEN = 5, 7
+
+
+@pytest.fixture(scope="module")
+def labels(shared_data):
+    """(4, H, W) real Synapse labels: liver-bearing slices of the TotalSegmentator example (every organ labelled)."""
+    ts = shared_data / "ct" / "totalsegmentator_example"
+    volume = load_ct_volume(ts / "example_ct.nii.gz", ts / "example_seg_fast_force_split.nii.gz", "totalsegmentator")
+    z = np.nonzero(((volume.labels == LIVER).sum(axis=(1, 2)) > 200) & ((volume.labels == SPLEEN).any(axis=(1, 2))))[0]
+    picked = volume.labels[z[:: max(1, len(z) // 4)][:4]]
+    assert {LIVER, SPLEEN} <= set(np.unique(picked).tolist())
+    return picked
+
+
+def liver_only(labels: np.ndarray) -> torch.Tensor:
+    """The same slices as a liver-only dataset would label them, encoded as partial targets."""
+    return torch.from_numpy(encode_partial_labels(np.where(labels == LIVER, LIVER, 0), (LIVER,), 9))
+
+
+def random_probs(shape, seed=0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(shape[0], 9, *shape[1:], generator=generator) * 2, dim=1)
+
+
+def move(probs: torch.Tensor, where: torch.Tensor, source: int, target: int, fraction: float) -> torch.Tensor:
+    """Move ``fraction`` of class ``source``'s probability to class ``target`` at voxels ``where``."""
+    out = probs.clone()
+    amount = out[:, source] * fraction * where
+    out[:, source] -= amount
+    out[:, target] += amount
+    return out
+
+
+def test_encoding_keeps_labelled_organs_and_marks_the_rest_as_merged(labels):
+    target = liver_only(labels)
+    merged_code = MERGED_BASE + sum(1 << u for u in (1, 2, 3, 4, 6, 7, 8))
+    assert set(torch.unique(target).tolist()) == {LIVER, merged_code}
+    allowed = allowed_classes(target, 9)
+    per_voxel = allowed.movedim(1, -1)  # (B, H, W, C)
+    at_liver = per_voxel[target == LIVER]
+    assert at_liver[:, LIVER].all() and at_liver.sum(1).eq(1).all()
+    merged = per_voxel[target != LIVER]
+    assert merged[:, [0, 1, 2, 3, 4, 6, 7, 8]].all() and not merged[:, LIVER].any()
+    assert (hard_labels(target)[target != LIVER] == IGNORE_INDEX).all()
+    full = torch.from_numpy(encode_partial_labels(labels, range(1, 9), 9))
+    assert torch.equal(full, torch.from_numpy(labels.astype(np.int64)))
+    with pytest.raises(ValueError, match=r"organ\(s\) \[1, 2, 3, 4, 6, 7, 8\], which the case declares unlabelled"):
+        encode_partial_labels(labels, (LIVER,), 9)
+    assert unlabeled_organs((3, 4), 9) == (1, 2, 5, 6, 7, 8)
+
+
+def test_equals_transunet_loss_on_fully_labelled_data(labels):
+    target = torch.from_numpy(labels.astype(np.int64))
+    target[:, :5] = IGNORE_INDEX  # some unknown voxels as well
+    logits = torch.log(random_probs(target.shape))
+    expected = SegmentationLoss(9)(logits, target)
+    assert PartialLabelLoss(9, exclusion_weight=0.0)(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_moving_probability_between_background_and_an_unlabelled_organ_changes_nothing(labels):
+    target = liver_only(labels)
+    probs = random_probs(target.shape, seed=1)
+    moved = move(probs, (target != LIVER).float(), 0, SPLEEN, 0.8)
+    loss = PartialLabelLoss(9, exclusion_weight=1.0)
+    before, after = loss(torch.log(probs), target), loss(torch.log(moved), target)
+    assert after.item() == pytest.approx(before.item(), rel=1e-5)
+    # Not vacuous: with spleen labelled (full labels) the same move is a different loss.
+    full = torch.from_numpy(labels.astype(np.int64))
+    assert abs(loss(torch.log(moved), full).item() - loss(torch.log(probs), full).item()) > 1e-3
+
+
+def test_exclusion_penalises_a_labelled_absent_organ(labels):
+    target = liver_only(labels)
+    probs = random_probs(target.shape, seed=2)
+    outside = (target != LIVER).float()
+    allowed = allowed_classes(target, 9)
+    base = exclusion_terms(torch.log(probs), allowed)
+    to_liver = exclusion_terms(torch.log(move(probs, outside, 0, LIVER, 0.8)), allowed)
+    to_spleen = exclusion_terms(torch.log(move(probs, outside, 0, SPLEEN, 0.8)), allowed)
+    assert to_liver["ce"] > base["ce"] + 0.05 and to_liver["dice"] > base["dice"] + 0.01  # dice: mean of 8 organs
+    assert to_spleen["ce"].item() == pytest.approx(base["ce"].item(), rel=1e-5)
+    assert to_spleen["dice"].item() == pytest.approx(base["dice"].item(), rel=1e-5)
+    # A prediction that never shows the liver outside it has no exclusion penalty.
+    exact = torch.nn.functional.one_hot(torch.where(target == LIVER, LIVER, 0), 9).movedim(-1, 1).float()
+    clean = exclusion_terms(torch.log(exact.clamp_min(1e-12)), allowed)
+    assert clean["ce"] < 1e-6 and clean["dice"] < 1e-4
+
+
+def test_label_constrained_kd_takes_unlabelled_organs_from_the_teacher(labels):
+    target = liver_only(labels)
+    student = torch.randn(target.shape[0], 9, *target.shape[1:], generator=torch.Generator().manual_seed(3))
+    teacher = torch.randn(student.shape, generator=torch.Generator().manual_seed(4)) * 3
+    kd = PartialLabelPixelKD(4.0)
+    full = torch.from_numpy(labels.astype(np.int64))
+    assert kd(student, teacher, full).item() == pytest.approx(PixelKLDivergence(4.0)(student, teacher).item(),
+                                                              rel=1e-6)
+    # The labels veto the teacher's liver outside the liver: its liver logit there does not matter...
+    vetoed = teacher.clone()
+    vetoed[:, LIVER][target != LIVER] += 5.0
+    assert kd(student, vetoed, target).item() == pytest.approx(kd(student, teacher, target).item(), rel=1e-6)
+    # ...but its spleen (an unlabelled organ) does: the teacher supplies it.
+    spleen = teacher.clone()
+    spleen[:, SPLEEN][target != LIVER] += 5.0
+    assert abs(kd(student, spleen, target).item() - kd(student, teacher, target).item()) > 1e-2
