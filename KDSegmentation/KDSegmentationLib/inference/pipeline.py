@@ -36,8 +36,8 @@ from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
 from .slice_resampling import argmax_resized, resize_slices
 
-__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "segment_image", "segment_file",
-           "structure_label_values"]
+__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "classify_slices", "segment_image",
+           "segment_file", "structure_label_values"]
 
 _log = logging.getLogger("KDSegmentationLib")
 
@@ -180,6 +180,47 @@ def _model_input(hu_slices: np.ndarray, card: ModelCard) -> np.ndarray:
     return resize_slices(unit, (card.input.height, card.input.width))[:, None]
 
 
+def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[np.ndarray] = None,
+                    timings: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """Class index of every pixel of canonical axial slices: one model call, no 3D post-processing.
+
+    The per-batch step of :func:`segment_image`, also used alone by the live slice
+    preview so that a previewed slice goes through exactly the same arithmetic.
+
+    Args:
+        hu_slices: (n, Y, X) slices of the canonical (LPS) volume in HU, n >= 1.
+        segmenter: model and engine.
+        out: optional (n, Y, X) uint8 array to write the class indices into.
+        timings: optional dict whose "preprocess", "infer" and "postprocess" entries
+            (seconds) are increased by this call's stages.
+
+    Returns:
+        (n, Y, X) uint8 class indices (``out`` when given).
+
+    Raises:
+        RegistryError: the model's output does not match its card.
+    """
+    card = segmenter.card
+    count, height, width = hu_slices.shape
+    start = time.perf_counter()
+    batch = _model_input(hu_slices, card)
+    preprocessed = time.perf_counter()
+    logits = segmenter.engine.run(batch)
+    inferred = time.perf_counter()
+    expected = (count, card.num_classes, card.input.height, card.input.width)
+    if tuple(logits.shape) != expected:
+        raise RegistryError(f"Model {card.id} returned logits of shape {tuple(logits.shape)}; its registry "
+                            f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
+    # Class maps, not the small argmax, are interpolated so that boundaries are
+    # placed at the input's resolution.
+    labels = argmax_resized(logits, (height, width), out=out)
+    if timings is not None:
+        timings["preprocess"] = timings.get("preprocess", 0.0) + preprocessed - start
+        timings["infer"] = timings.get("infer", 0.0) + inferred - preprocessed
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - inferred
+    return labels
+
+
 def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[SegmentationOptions] = None,
                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
                   ) -> SegmentationResult:
@@ -223,23 +264,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
     for first in range(0, depth, options.batch_size):
         _check_cancel(cancel)
         last = min(first + options.batch_size, depth)
-        start = time.perf_counter()
-        batch = _model_input(hu[first:last], card)
-        timings["preprocess"] += time.perf_counter() - start
-
-        start = time.perf_counter()
-        logits = segmenter.engine.run(batch)
-        timings["infer"] += time.perf_counter() - start
-        expected = (last - first, card.num_classes, card.input.height, card.input.width)
-        if tuple(logits.shape) != expected:
-            raise RegistryError(f"Model {card.id} returned logits of shape {tuple(logits.shape)}; its registry "
-                                f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
-
-        # Class maps, not the small argmax, are interpolated so that boundaries are
-        # placed at the input's resolution.
-        start = time.perf_counter()
-        argmax_resized(logits, (height, width), out=labels[first:last])
-        timings["postprocess"] += time.perf_counter() - start
+        classify_slices(hu[first:last], segmenter, out=labels[first:last], timings=timings)
         report(progress, Stage.INFERRING, last, depth, f"slice {last} of {depth}")
     del hu
 

@@ -1,0 +1,97 @@
+"""One-slice preview on the real sample CT with the bundled model: equal to the full run's slice."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KDSegmentationLib.errors import InputImageError, ModelNotFoundError
+from KDSegmentationLib.imaging.orientation import to_canonical
+from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image
+from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
+from KDSegmentationLib.inference.slice_preview import PreviewVolume, SlicePreviewer
+from KDSegmentationLib.resources import sample_ct_path
+
+
+@pytest.fixture(scope="module")
+def bundled_segmenter():
+    return Segmenter.from_registry(device="cpu", allow_download=False)
+
+
+@pytest.fixture(scope="module")
+def sample_ct():
+    return sitk.ReadImage(str(sample_ct_path()))
+
+
+def _full_labels_before_postprocessing(image, segmenter, structures=None):
+    result = segment_image(image, segmenter, SegmentationOptions(structures=structures, postprocess=False))
+    return result.labels
+
+
+def test_preview_of_each_slice_equals_that_slice_of_the_full_run(sample_ct, bundled_segmenter):
+    full = sitk.GetArrayFromImage(to_canonical(_full_labels_before_postprocessing(sample_ct, bundled_segmenter)))
+    assert set(np.unique(full)) >= {0, 5, 7}, "the bundled model finds liver and spleen on the sample"
+    volume = PreviewVolume.from_image(sample_ct)
+    previewer = SlicePreviewer(bundled_segmenter)
+    depth = volume.shape[0]
+    organ_slices = 0
+    for index in sorted(set(range(0, depth, 3)) | {depth - 1}):
+        preview = previewer.segment_slice(volume, index)
+        assert preview.index == index
+        assert preview.labels.dtype == np.uint8 and preview.labels.shape == (1,) + full.shape[1:]
+        np.testing.assert_array_equal(preview.labels[0], full[index], err_msg=f"slice {index}")
+        organ_slices += bool(preview.labels.any())
+        assert preview.timings["infer"] > 0
+    assert organ_slices >= 10, "the comparison must cover slices with organs, not only background"
+
+
+def test_preview_keeps_only_the_chosen_structures_like_the_full_run(sample_ct, bundled_segmenter):
+    full = sitk.GetArrayFromImage(to_canonical(
+        _full_labels_before_postprocessing(sample_ct, bundled_segmenter, ["spleen"])))
+    volume = PreviewVolume.from_image(sample_ct)
+    previewer = SlicePreviewer(bundled_segmenter, structures=["spleen"])
+    spleen_slices = np.flatnonzero((full == 7).any(axis=(1, 2)))
+    assert spleen_slices.size
+    for index in (int(spleen_slices[0]), int(spleen_slices[spleen_slices.size // 2]), 0):
+        preview = previewer.segment_slice(volume, index)
+        np.testing.assert_array_equal(preview.labels[0], full[index])
+        assert set(np.unique(preview.labels)) <= {0, 7}
+
+
+@pytest.mark.parametrize("stored_as", ["RAI", "IRA"])
+def test_preview_lands_on_the_input_voxels_whatever_the_orientation(sample_ct, bundled_segmenter, stored_as):
+    """The same CT stored in another voxel order (flipped; permuted so that the axial axis is i): each preview
+    voxel sits exactly on an input voxel, with the full run's label there."""
+    stored = sitk.DICOMOrient(sample_ct, stored_as)
+    full_image = _full_labels_before_postprocessing(stored, bundled_segmenter)
+    full = sitk.GetArrayFromImage(full_image)  # on the stored grid
+    input_ras_to_ijk = np.linalg.inv(ijk_to_ras_from_image(stored))
+    volume = PreviewVolume.from_kji_array(sitk.GetArrayFromImage(stored), ijk_to_ras_from_image(stored))
+    np.testing.assert_array_equal(volume.hu, sitk.GetArrayFromImage(to_canonical(sample_ct)))
+    index = int((sitk.GetArrayFromImage(to_canonical(full_image)) > 0).sum(axis=(1, 2)).argmax())
+    preview = SlicePreviewer(bundled_segmenter).segment_slice(volume, index)
+    _, height, width = preview.labels.shape
+    y, x = np.mgrid[0:height, 0:width]
+    ijk = np.stack([x.ravel(), y.ravel(), np.zeros(x.size), np.ones(x.size)])
+    input_ijk = input_ras_to_ijk @ preview.ijk_to_ras @ ijk
+    np.testing.assert_allclose(input_ijk, np.round(input_ijk), atol=1e-6)  # exactly on input voxels
+    i, j, k = np.round(input_ijk[:3]).astype(int)
+    labels_there = full[k, j, i].reshape(height, width)
+    assert labels_there.any()
+    np.testing.assert_array_equal(preview.labels[0], labels_there)
+
+
+def test_bad_slice_index_and_structure_names(sample_ct, bundled_segmenter):
+    volume = PreviewVolume.from_image(sample_ct)
+    previewer = SlicePreviewer(bundled_segmenter)
+    for index in (-1, volume.shape[0], 2.5, True):
+        with pytest.raises(ValueError, match=r"slice index must be a whole number in \[0, 111\]"):
+            previewer.segment_slice(volume, index)
+    with pytest.raises(ModelNotFoundError, match="heart"):
+        SlicePreviewer(bundled_segmenter, structures=["heart"])
+
+
+def test_preview_volume_rejects_images_that_are_not_3d_ct(sample_ct):
+    with pytest.raises(InputImageError):
+        PreviewVolume.from_image(sample_ct[:, :, 40])
+    with pytest.raises(ValueError, match="4x4 affine"):
+        PreviewVolume.from_kji_array(np.zeros((2, 3, 4), np.int16), np.eye(3))
