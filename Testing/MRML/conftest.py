@@ -57,6 +57,6 @@ def node_ids(scene) -> List[str]:
 @pytest.fixture(scope="session")
 def bundled_segmenter():
     """The shipped demonstration model on CPU (the module's default model)."""
-    from KDSegmentationLib.pipeline import Segmenter
+    from KDSegmentationLib.inference.pipeline import Segmenter
 
     return Segmenter.from_registry(device="cpu", allow_download=False)

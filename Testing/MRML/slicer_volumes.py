@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from KDSegmentationLib.volume_geometry import ijk_to_ras_from_image, image_from_kji_array
+from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
 
 
 def load_volume(app, path: Path, name: str):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from KDSegmentationLib.errors import InputImageError
-from KDSegmentationLib.registry import labels_from_anatomy
+from KDSegmentationLib.weights.model_registry import labels_from_anatomy
 from KDSegmentationLib.resources import sample_ct_path
-from KDSegmentationLib.volume_segmentation import VolumeSegmentation, segment_specs
-from KDSegmentationLib.volumes import label_volumes_ml
+from KDSegmentationLib.slicer_support.module_segmentation import VolumeSegmentation, segment_specs
+from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 from KDSegmentationMRML.result_nodes import VOLUME_TABLE_REFERENCE_ROLE, apply_segmentation_result
 from KDSegmentationMRML.volume_input import read_volume_input
 from KDSegmentationMRML.volume_table import table_rows

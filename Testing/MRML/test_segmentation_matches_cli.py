@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from KDSegmentationLib.cli import main as kdseg
-from KDSegmentationLib.pipeline import SegmentationOptions
+from KDSegmentationLib.inference.pipeline import SegmentationOptions
 from KDSegmentationLib.resources import sample_ct_path
-from KDSegmentationLib.volume_segmentation import segment_volume_array
+from KDSegmentationLib.slicer_support.module_segmentation import segment_volume_array
 from KDSegmentationMRML.result_nodes import apply_segmentation_result
 from KDSegmentationMRML.volume_input import read_volume_input
 from KDSegmentationMRML.volume_table import table_rows

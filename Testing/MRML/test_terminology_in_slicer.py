@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from KDSegmentationLib.registry import labels_from_anatomy, load_registry
+from KDSegmentationLib.weights.model_registry import labels_from_anatomy, load_registry
 from KDSegmentationLib.resources import registry_path
-from KDSegmentationLib.terminology import GENERAL_ANATOMY_CONTEXT, terminology_entry
+from KDSegmentationLib.slicer_support.terminology import GENERAL_ANATOMY_CONTEXT, terminology_entry
 
 # The one deliberate departure from Slicer's recommended colours (see anatomy.py): Slicer
 # gives both kidneys one colour; the left one is lightened so that they stay apart in a

@@ -18,6 +18,7 @@ from slicer_api_names import MODULE, MODULE_FILES, listed_names, used_names
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "KDSegmentation"
 LIB_DIR = MODULE_DIR / "KDSegmentationLib"
+MRML_DIR = MODULE_DIR / "KDSegmentationMRML"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "KDSegmentation.ui"
 SLICER_PYTHONS = {"3.9": "Slicer 5.2-5.8", "3.12": "Slicer 5.10 and later"}
 
@@ -31,7 +32,7 @@ def _python(version):
 
 
 def _module_python_files():
-    return [*MODULE_FILES, *sorted(LIB_DIR.rglob("*.py"))]
+    return [*MODULE_FILES, *sorted(LIB_DIR.rglob("*.py")), *sorted(MRML_DIR.rglob("*.py"))]
 
 
 def test_module_files_parse_as_python_39():
@@ -48,6 +49,31 @@ def test_module_files_parse_as_python_39():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(import|from)\s+(torch|slicer|qt|vtk)\b", text, re.M), path
         assert "from __future__ import annotations" in text or not text.strip() or path.name == "__init__.py", path
+
+
+def test_mrml_layer_uses_no_qt_and_no_application():
+    """KDSegmentationMRML runs under slicer-core (no Qt, no slicer.app, no module globals):
+    the scene and logics come in as arguments."""
+    forbidden_modules = {"qt", "ctk", "slicer.app", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
+    forbidden_attributes = {"app", "mrmlScene", "modules", "util.getNode", "util.arrayFromSegmentBinaryLabelmap",
+                            "util.updateSegmentBinaryLabelmapFromArray", "util.loadVolume"}
+    files = sorted(MRML_DIR.rglob("*.py"))
+    assert files
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                names = []
+            assert not [n for n in names if n.split(".")[0] in {"qt", "ctk"} or n in forbidden_modules], \
+                f"{path.name}:{node.lineno}"
+            if isinstance(node, ast.Attribute):
+                dotted = ast.unparse(node)
+                if dotted.startswith("slicer."):
+                    assert dotted[len("slicer."):] not in forbidden_attributes, f"{path.name}:{node.lineno}: {dotted}"
 
 
 # Which Lib subpackages each may import (the top-level modules errors, progress, anatomy,
@@ -146,6 +172,8 @@ def test_module_cmake_lists_every_lib_file_resource_and_test():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/([\w/]+\.py)", cmake))
     assert listed == {p.relative_to(LIB_DIR).as_posix() for p in LIB_DIR.rglob("*.py")}
+    listed = set(re.findall(r"\$\{MODULE_NAME\}MRML/([\w/]+\.py)", cmake))
+    assert listed == {p.relative_to(MRML_DIR).as_posix() for p in MRML_DIR.rglob("*.py")}
     resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", cmake, re.S).group(1).split()
     for resource in resources:
         assert not Path(resource).is_absolute() and ".." not in resource  # the CTK macro copies to dest/<path>
