@@ -46,7 +46,7 @@ def test_export_writes_a_release_the_lib_loads_and_segments_real_ct(tmp_path, sh
     assert kdseg_train(["evaluate", str(config)]) == 0
     assert kdseg_train(["export", str(config)]) == 0
     release = tmp_path / "run" / "release"
-    assert sorted(p.name for p in release.iterdir()) == ["model.onnx", "registry.json"]
+    assert sorted(p.name for p in release.iterdir()) == ["SHA256SUMS", "model.onnx", "registry.json", "tiny-release-test.md"]
 
     data = json.loads((release / "registry.json").read_text(encoding="utf-8"))
     card = data["models"][0]

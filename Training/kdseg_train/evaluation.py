@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from KDSegmentationLib.atomic_files import write_text_atomic
+
+from .json_values import json_safe
 from .metrics import mean_std, physical_case_metrics, transunet_case_metrics
+from .model_source import ModelSource, load_run_model
 from .run_data import EvaluationCase, load_cases
 
-__all__ = ["ModelSource", "resolve_model_source", "evaluate", "summarize", "write_reports", "json_safe"]
+__all__ = ["evaluate", "summarize", "write_reports", "PROTOCOLS"]
 
 _log = logging.getLogger("kdseg_train")
 
@@ -39,54 +41,6 @@ PROTOCOLS = {
     "physical": "MONAI: Dice and spacing-aware HD95 in mm (max of the two directed 95th percentiles); undefined "
                 "values (organ absent from the ground truth, or missed for HD95) are left out of the means.",
 }
-
-
-@dataclass
-class ModelSource:
-    """What to evaluate: a run folder (final weights or a checkpoint) or a release registry."""
-
-    kind: str  # "run" | "registry"
-    path: Path
-    model_id: Optional[str] = None
-    checkpoint: bool = False
-
-
-def resolve_model_source(config: Dict[str, Any], model: Optional[Path], model_id: Optional[str] = None,
-                         checkpoint: bool = False) -> ModelSource:
-    """``--model`` (a registry JSON or a run folder) or the config's own run folder."""
-    path = Path(model) if model is not None else Path(config["output"])
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise FileNotFoundError(f"registry {path} does not exist")
-        return ModelSource("registry", path, model_id)
-    if not path.is_dir():
-        raise FileNotFoundError(f"run folder {path} does not exist; train first (kdseg-train train/distill) or pass "
-                                "--model RUN_FOLDER or --model release/registry.json")
-    if not checkpoint and not (path / "final" / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} has no final/model.safetensors (the run has not finished); finish it with "
-                                "--resume, or evaluate its latest checkpoint with --checkpoint")
-    return ModelSource("run", path, model_id or (config.get("export") or {}).get("model_id"), checkpoint)
-
-
-def load_run_model(source: ModelSource):
-    """The PyTorch network of a run folder: ``final/`` or, with ``checkpoint``, the latest checkpoint."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
-    from .export import load_safetensors_model
-    from .trainer import build_model
-
-    if not source.checkpoint:
-        return load_safetensors_model(source.path / "final"), None
-    import yaml
-
-    path = latest_checkpoint(source.path / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{source.path / 'checkpoints'} holds no complete checkpoint")
-    config = yaml.safe_load((source.path / "config.yaml").read_text(encoding="utf-8"))
-    model = build_model(config["model"])
-    ckpt = load_checkpoint(path)
-    weights = {k[len("model."):]: v for k, v in ckpt.weights.items() if k.startswith("model.")}
-    model.load_state_dict(weights)
-    return model.eval(), ckpt.step
 
 
 def _onnx_segmenter(source: ModelSource, config: Dict[str, Any], workdir: Path):
@@ -230,7 +184,7 @@ def write_reports(report: Dict[str, Any], output: Path) -> Dict[str, Path]:
     """``evaluation.json`` and ``evaluation.md`` in ``output`` (atomic writes)."""
     output.mkdir(parents=True, exist_ok=True)
     json_path = output / "evaluation.json"
-    _write_atomic(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False))
+    write_text_atomic(json_path, json.dumps(json_safe(report), indent=2, allow_nan=False))
     model = report["model"]
     lines = [f"# Evaluation of {model.get('id') or model.get('architecture')}", "",
              f"Model: `{model['source']}` ({model['architecture']}, input {model['input_size'][0]} px), backend "
@@ -258,30 +212,8 @@ def write_reports(report: Dict[str, Any], output: Path) -> Dict[str, Path]:
     lines += ["", "n/a: undefined (Dice: organ absent from every reference; HD95: organ absent or missed). "
               "—: organ not annotated in that case.", ""]
     md_path = output / "evaluation.md"
-    _write_atomic(md_path, "\n".join(lines))
+    write_text_atomic(md_path, "\n".join(lines))
     return {"json": json_path, "markdown": md_path}
-
-
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None (JSON null), recursively: strict JSON readers reject NaN."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _class_names(num_classes: int) -> Dict[int, str]:

@@ -11,32 +11,32 @@ and size, the labels with names, colours and SNOMED CT codes, the input contract
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
+from KDSegmentationLib.atomic_files import write_text_atomic
+from KDSegmentationLib.weights.download import LOCAL_HOSTS, sha256_of
+from KDSegmentationLib.weights.model_registry import (InputSpec, ModelCard, card_to_dict, labels_from_anatomy,
+                                                      load_registry, write_registry)
 
-__all__ = ["write_release", "export_release", "training_record", "metrics_record"]
+from .json_values import json_safe
+from .release_card import render_model_card
+
+__all__ = ["write_release", "export_release", "training_record", "metrics_record", "check_download_url",
+           "datalist_licences"]
 
 _log = logging.getLogger("kdseg_train")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _data_record(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    keep = ("name", "format", "image", "label", "root", "split", "task", "remap", "unlabeled", "slices")
+    keep = ("name", "format", "datalist", "image", "label", "root", "split", "task", "remap", "labeled", "unlabeled",
+            "slices")
     return [{k: entry[k] for k in keep if k in entry} for entry in entries or []]
 
 
@@ -79,7 +79,8 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
                   config: Dict[str, Any], step: Optional[int] = None, version: str = "0.1.0",
                   description: Optional[str] = None, intended_use: str = "", evaluation: Optional[Dict] = None,
                   extra_metrics: Optional[Dict[str, Any]] = None, default: bool = True,
-                  onnx_name: Optional[str] = None) -> Path:
+                  onnx_name: Optional[str] = None, urls: Sequence[str] = (),
+                  data_licences: Sequence[str] = (), weights_licence: str = "Apache-2.0") -> Path:
     """Export ``model`` to ONNX in ``release_dir`` and add (or replace) its entry in ``registry.json``.
 
     Args:
@@ -94,11 +95,19 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
         default: make this model the registry's default.
         onnx_name: file name (default: the replaced entry's file, else ``model.onnx`` when the registry holds
             no other model, else ``<id>.onnx``).
+        urls: where users download the ONNX file (https://; http:// only for localhost). Given, the
+            release also holds ``<id>.registry-entry.json``: the one entry a maintainer adds to
+            ``Resources/Models/registry.json``. Default: the file next to the registry.
+        data_licences: licences of the training data, recorded under ``training.data.licences``
+            (with those of converted datalists in the config).
+        weights_licence: the card's ``license`` (of the weights).
+
+    Also writes ``<id>.md`` (the model card as Markdown) and ``SHA256SUMS`` (every model file of
+    the registry), so the folder is a complete release.
 
     Returns:
         Path of ``registry.json``.
     """
-    from .evaluation import json_safe
     from .export import export_onnx
 
     if getattr(model, "in_channels", 1) != 1 or getattr(model, "num_classes", 9) != 9:
@@ -122,6 +131,10 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
         onnx_name = replaced[0] if replaced else ("model.onnx" if not others else f"{model_id}.onnx")
     onnx_path = export_onnx(model, release_dir / onnx_name, model.img_size)
     low, high = (float(v) for v in config["data"]["hu_window"])
+    for url in urls:
+        check_download_url(url)
+    training = training_record(config, run_dir, step)
+    training["data"]["licences"] = sorted(set(datalist_licences(config)) | {str(t) for t in data_licences})
     metrics = metrics_record(evaluation)
     metrics.update(extra_metrics or {})
     card = ModelCard(
@@ -129,20 +142,52 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
         description=description or (f"{model.config.name} ({model.config.attention.upper()}), "
                                     f"{model.img_size}x{model.img_size} axial CT slices, 8 abdominal organs"),
         architecture=model.config.name, file=onnx_name, size_bytes=onnx_path.stat().st_size,
-        sha256=_sha256(onnx_path), urls=(onnx_name,),
+        sha256=sha256_of(onnx_path), urls=tuple(urls) or (onnx_name,),
         input=InputSpec(channels=1, height=model.img_size, width=model.img_size, hu_window=(low, high),
                         normalization="window_to_unit", slice_orientation="LPS"),
-        labels=labels_from_anatomy(), training=json_safe(training_record(config, run_dir, step)),
-        metrics=json_safe(metrics), license="Apache-2.0", intended_use=intended_use)
+        labels=labels_from_anatomy(), training=json_safe(training),
+        metrics=json_safe(metrics), license=weights_licence, intended_use=intended_use)
     write_registry(registry_path, others + [card], default_id)
-    load_registry(registry_path)  # what was written must validate
+    written = load_registry(registry_path)  # what was written must validate
+    write_text_atomic(release_dir / f"{model_id}.md", render_model_card(card))
+    write_text_atomic(release_dir / "SHA256SUMS", "".join(f"{c.sha256}  {c.file}\n" for c in written.models.values()))
+    if urls:
+        write_text_atomic(release_dir / f"{model_id}.registry-entry.json",
+                          json.dumps(card_to_dict(card), indent=2) + "\n")
     return registry_path
+
+
+def check_download_url(url: str) -> str:
+    """Refuse a download URL users could not fetch safely: https://, or http:// to localhost (tests) only.
+
+    Raises:
+        ValueError: another scheme, no host, or plain http to another host.
+    """
+    parts = urllib.parse.urlsplit(url)
+    local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
+    if not ((parts.scheme == "https" and parts.hostname) or local) or not parts.path.strip("/"):
+        raise ValueError(f"download URL {url!r} must be an https:// address of the ONNX file (http:// only for "
+                         "127.0.0.1/localhost, for tests); kdseg refuses anything else")
+    return url
+
+
+def datalist_licences(config: Dict[str, Any]) -> List[str]:
+    """"<dataset>: <licence>" of every converted datalist (``kdseg-train convert --layout``) the config trains on."""
+    out = []
+    for entry in list(config["data"].get("train") or []) + list(config["data"].get("val") or []):
+        if isinstance(entry, dict) and entry.get("datalist"):
+            path = Path(entry["datalist"])
+            if path.is_file():
+                meta = json.loads(path.read_text(encoding="utf-8"))
+                if meta.get("licence"):
+                    out.append(f"{meta.get('title') or meta.get('layout')}: {meta['licence']}")
+    return out
 
 
 def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, config: Dict[str, Any],
                    evaluation_path: Optional[Path] = None, from_checkpoint: bool = False, **card: Any) -> Path:
     """Release the final weights (or, with ``from_checkpoint``, the latest checkpoint) of a run folder."""
-    from .evaluation import ModelSource, load_run_model
+    from .model_source import ModelSource, load_run_model
 
     run_dir = Path(run_dir)
     if not from_checkpoint and not (run_dir / "final" / "model.safetensors").is_file():

@@ -13,7 +13,8 @@ __all__ = ["register"]
 @report_errors
 def _run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..evaluation import evaluate, resolve_model_source, write_reports
+    from ..evaluation import evaluate, write_reports
+    from ..model_source import resolve_model_source
 
     config = load_config(args.config, args.overrides or [])
     backend = args.backend or config["evaluate"]["backend"]

@@ -44,12 +44,28 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError(f"--compare expects NAME=EVALUATION_JSON, got {item!r}")
             comparisons[name] = json.loads(Path(path).read_text(encoding="utf-8"))["summary"]
         extra["comparisons"] = comparisons
+    from ..release import datalist_licences
+
+    licences = list(args.data_licence or [])
+    if args.url and not licences and not datalist_licences(config):
+        raise ValueError("publishing (--url) needs the licence of the training data: add --data-licence, e.g. "
+                         "--data-licence 'BTCV: Synapse syn3193805 conditions of use' (converted datalists state "
+                         "theirs automatically)")
     registry = export_release(
         run_dir, release, model_id, args.title or ex.get("title") or model_id, config,
         evaluation_path=evaluation, from_checkpoint=args.checkpoint, version=str(ex.get("version", "0.1.0")),
         description=ex.get("description"), intended_use=ex.get("intended_use") or "",
-        extra_metrics=extra, default=bool(ex.get("default", True)))
+        extra_metrics=extra, default=bool(ex.get("default", True)), urls=tuple(args.url or ()),
+        data_licences=licences, weights_licence=args.weights_licence)
     print(f"release written: {registry}")
+    print(f"model card: {registry.parent / (model_id + '.md')}; checksums: {registry.parent / 'SHA256SUMS'}")
+    if args.url:
+        from KDSegmentationLib.weights.model_registry import load_registry
+
+        onnx = registry.parent / load_registry(registry).get(model_id).file
+        entry = registry.parent / f"{model_id}.registry-entry.json"
+        print(f"publish: upload {onnx} to {args.url[0]}, then add {entry} to the models of "
+              "Resources/Models/registry.json (or hand users the release's registry.json)")
     print(f"try it: kdseg --registry {registry} segment CT.nii.gz -o segmentation.nii.gz")
     return 0
 
@@ -70,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare", nargs="+", default=None, metavar="NAME=JSON",
                         help="evaluation.json of other models summarised under metrics.comparisons")
     parser.add_argument("--metrics-json", type=Path, default=None, help="extra measured metrics (a JSON object)")
+    parser.add_argument("--url", nargs="+", default=None, metavar="URL",
+                        help="https:// address(es) users will download the ONNX file from; writes "
+                             "<id>.registry-entry.json for Resources/Models/registry.json")
+    parser.add_argument("--data-licence", action="append", default=None, metavar="TEXT",
+                        help="licence of the training data for the model card (repeatable; required with --url "
+                             "unless the data comes from converted datalists)")
+    parser.add_argument("--weights-licence", default="Apache-2.0", help="licence of the weights (default Apache-2.0)")
     parser.add_argument("--checkpoint", action="store_true",
                         help="export the latest checkpoint of an unfinished run (the card says so)")
     parser.set_defaults(handler=_run)

@@ -1,0 +1,90 @@
+"""The human-readable model card of a release (Markdown), rendered from its registry entry.
+
+Everything in it comes from the :class:`~KDSegmentationLib.weights.model_registry.ModelCard`
+that ``kdseg`` and Slicer read, so the two can never disagree: identity and file (size,
+SHA-256, download URLs), input contract, intended use and licences, training data with its
+licences, recipe and compute, and the evaluation under both protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from KDSegmentationLib.weights.model_registry import ModelCard
+
+__all__ = ["render_model_card"]
+
+
+def _stat(stats: Dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    if not stats or not stats.get("n") or stats.get("mean") is None:
+        return "n/a"
+    std = stats.get("std")
+    return f"{stats['mean'] * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def _metrics_lines(metrics: Dict[str, Any]) -> List[str]:
+    evaluation = metrics.get("evaluation")
+    if not evaluation:
+        return ["No evaluation report was given at export (run `kdseg-train evaluate` first)."]
+    summary = evaluation["summary"]
+    tu, ph = summary["transunet"], summary["physical"]
+    lines = [f"Backend `{evaluation.get('backend')}`, {len(evaluation.get('cases') or [])} case(s): "
+             f"{', '.join(evaluation.get('cases') or [])}. Each organ is scored only on the cases that label it.", "",
+             "| organ | Dice % (TransUNet) | HD95 vox (TransUNet) | Dice (physical) | HD95 mm (physical) | cases |",
+             "|---|---|---|---|---|---|"]
+    for organ, stats in tu["organs"].items():
+        phys = ph["organs"].get(organ, {})
+        lines.append(f"| {organ} | {_stat(stats['dice'], 100)} | {_stat(stats['hd95'])} | "
+                     f"{_stat(phys.get('dice', {}), 1, 3)} | {_stat(phys.get('hd95_mm', {}))} | {stats['dice']['n']} |")
+    mean_tu, mean_ph = tu["mean"], ph["mean"]
+    lines.append(f"| **mean** | **{_stat(mean_tu['dice'], 100)}** | **{_stat(mean_tu['hd95'])}** | "
+                 f"**{_stat(mean_ph['dice'], 1, 3)}** | **{_stat(mean_ph['hd95_mm'])}** | |")
+    return lines
+
+
+def _data_lines(training: Dict[str, Any]) -> List[str]:
+    data = training.get("data") or {}
+    lines = []
+    if data.get("description"):
+        lines += [str(data["description"]).strip(), ""]
+    for role in ("train", "val"):
+        for entry in data.get(role) or []:
+            what = entry.get("name") or entry.get("datalist") or entry.get("image") or entry.get("root")
+            details = ", ".join(f"{k}: {entry[k]}" for k in ("split", "remap", "labeled", "unlabeled", "slices")
+                                if k in entry)
+            lines.append(f"- {role}: `{what}`" + (f" ({details})" if details else ""))
+    licences = data.get("licences") or []
+    lines += ["", "Data licences: " + ("; ".join(licences) if licences else "not stated")]
+    return lines
+
+
+def render_model_card(card: ModelCard) -> str:
+    """Markdown text of ``card`` (one model of a release registry)."""
+    training = card.training or {}
+    recipe = training.get("recipe") or {}
+    compute = training.get("compute") or {}
+    lines = [f"# {card.title}", "", card.description, "",
+             "| | |", "|---|---|",
+             f"| id | `{card.id}` (version {card.version}) |",
+             f"| architecture | `{card.architecture}` |",
+             f"| file | `{card.file}`, {card.size_bytes:,} bytes |",
+             f"| SHA-256 | `{card.sha256}` |",
+             f"| download | {', '.join(card.urls)} |",
+             f"| input | {card.input.channels} x {card.input.height} x {card.input.width}, HU window "
+             f"{list(card.input.hu_window)} -> [0, 1], {card.input.slice_orientation} axial slices |",
+             f"| labels | {', '.join(label.name for label in card.labels)} |",
+             f"| weights licence | {card.license} |",
+             "", "## Intended use", "", card.intended_use or "not stated",
+             "", "## Training data", ""] + _data_lines(training) + [
+             "", "## Recipe and compute", "",
+             f"Model {recipe.get('model', {}).get('name')} at {recipe.get('model', {}).get('img_size')} px, "
+             f"batch {recipe.get('batch_size')}, {training.get('steps')} of {recipe.get('max_steps')} steps, "
+             f"seed {recipe.get('seed')}, optimiser {recipe.get('optim')}, loss {recipe.get('loss')}"
+             + (f", distillation {recipe.get('distill')}" if recipe.get("distill") else "") + ".",
+             "", "Compute: " + (", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in compute.items()) or "not recorded") + f"; {training.get('framework')}.",
+             "", "## Evaluation", ""] + _metrics_lines(card.metrics or {}) + [
+             "", "## Use", "",
+             "```", f"kdseg --registry registry.json segment ct.nii.gz -o seg.nii.gz --model {card.id}",
+             f"kdseg --registry registry.json download {card.id}     # fetch and verify from the URL", "```", ""]
+    return "\n".join(lines)
