@@ -57,6 +57,63 @@ def test_missing_bundle_is_fetched_into_the_cache_then_works_offline(card_and_st
     assert resolve_weights(card, registry_dir, cache=cache, allow_download=False) == path
 
 
+def test_a_fresh_download_is_not_hashed_again_by_a_later_check(card_and_store, tmp_path, monkeypatch):
+    """The download verified the SHA-256 on the worker; the module's model list, refreshed on
+    the GUI thread afterwards, must not hash the file a second time."""
+    import threading
+
+    from KDSegmentationLib.weights import download as download_module
+
+    card, registry_dir, store = card_and_store
+    card = dataclasses.replace(card, urls=((store / card.file).as_uri(),))
+    cache = tmp_path / "cache"
+    hashed_on = []
+    real = download_module.sha256_of
+
+    def counting(path):
+        hashed_on.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(download_module, "sha256_of", counting)
+    monkeypatch.setattr(weights_module, "sha256_of", counting)
+    worker = threading.Thread(target=resolve_weights, args=(card, registry_dir), kwargs={"cache": cache},
+                              name="worker")
+    worker.start()
+    worker.join(60)
+    assert _sha(cached_path(card, cache)) == card.sha256
+    assert set(hashed_on) == {"worker"}  # downloaded and verified there
+    hashed_on.clear()
+    assert is_available_offline(card, registry_dir, cache)  # the GUI thread's check
+    assert hashed_on == []
+
+
+def test_download_progress_is_throttled_to_ten_updates_a_second(card_and_store, tmp_path, monkeypatch):
+    """Whatever the transport reports (one event per 64 KB over HTTP), the caller of
+    resolve_weights (CLI bar, module panel) gets at most ~10 updates a second."""
+    import time
+
+    from KDSegmentationLib.progress import ProgressEvent, Stage
+
+    card, registry_dir, store = card_and_store
+    card = dataclasses.replace(card, urls=((store / card.file).as_uri(),))
+    real_download = weights_module.download_file
+
+    def chunky_download(url, target, **kwargs):
+        for done in range(0, card.size_bytes, 1024):  # a transport reporting every KB
+            kwargs["progress"](ProgressEvent(Stage.DOWNLOADING, done, card.size_bytes))
+        return real_download(url, target, **kwargs)
+
+    monkeypatch.setattr(weights_module, "download_file", chunky_download)
+    events = []
+    started = time.monotonic()
+    resolve_weights(card, registry_dir, cache=tmp_path / "cache", progress=events.append)
+    elapsed = time.monotonic() - started
+    downloads = [e for e in events if e.stage == Stage.DOWNLOADING]
+    assert card.size_bytes // 1024 > 100
+    assert 1 <= len(downloads) <= 2 + 10 * elapsed
+    assert downloads[-1].current == downloads[-1].total == card.size_bytes  # the end always gets through
+
+
 def test_offline_error_names_urls_cache_path_and_file(card_and_store, tmp_path, monkeypatch):
     card, registry_dir, _ = card_and_store
     for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):

@@ -11,6 +11,7 @@ from KDSegmentationLib.slicer_support.background_task import BackgroundTask, Tas
 from KDSegmentationLib.slicer_support.dependencies import (
     describe_auto_device,
     install_requirements,
+    onnxruntime_build,
     nvidia_gpu_present,
     onnxruntime_requirement,
     protected_pins,
@@ -119,10 +120,11 @@ def test_result_status_and_volume_table():
 
 
 def test_install_requirements_pick_the_build_and_pin_slicers_packages():
-    versions = {"numpy": "1.26.4", "SimpleITK": "2.4.0"}
-    assert install_requirements(gpu=True, version_of=versions.get) == [
-        "onnxruntime-gpu[cuda,cudnn]>=1.17", "numpy==1.26.4", "SimpleITK==2.4.0"]
-    assert install_requirements(gpu=False, version_of={"numpy": "2.0.2"}.get) == ["onnxruntime>=1.17", "numpy==2.0.2"]
+    versions = {"numpy": "2.0.2", "SimpleITK": "2.4.0"}
+    assert install_requirements(gpu=True, version_of=versions.get, python_version=(3, 12)) == [
+        "onnxruntime-gpu[cuda,cudnn]>=1.17", "numpy==2.0.2", "SimpleITK==2.4.0"]
+    assert install_requirements(gpu=False, version_of={"numpy": "2.0.2"}.get, python_version=(3, 12)) == [
+        "onnxruntime>=1.17", "numpy==2.0.2"]
     import numpy
 
     assert f"numpy=={numpy.__version__}" in protected_pins()
@@ -131,10 +133,26 @@ def test_install_requirements_pick_the_build_and_pin_slicers_packages():
     assert nvidia_gpu_present(which=lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None) is True
 
 
+def test_python_39_gets_the_cpu_build_even_with_a_gpu_and_the_prompt_says_why_and_how_big():
+    """Slicer 5.8's Python 3.9 resolves onnxruntime-gpu 1.19.2: no pip CUDA/cuDNN, no preload_dlls."""
+    build = onnxruntime_build(gpu=True, python_version=(3, 9))
+    assert build.requirement == "onnxruntime>=1.17" and not build.gpu
+    assert "13 MB" in build.download and "226 MB" in build.reason and "CUDA 12 and cuDNN 9" in build.reason
+    assert install_requirements(gpu=True, version_of={"numpy": "1.26.4"}.get, python_version=(3, 9)) == [
+        "onnxruntime>=1.17", "numpy==1.26.4"]
+    assert describe_auto_device(None, gpu_present=True, python_version=(3, 9)).startswith("CPU: Slicer 5.8")
+    gpu = onnxruntime_build(gpu=True, python_version=(3, 12))
+    assert gpu.gpu and gpu.requirement.startswith("onnxruntime-gpu[cuda,cudnn]") and "GB" in gpu.download
+    cpu = onnxruntime_build(gpu=False, python_version=(3, 12))
+    assert (cpu.requirement, cpu.reason, cpu.gpu) == ("onnxruntime>=1.17", "", False) and "MB" in cpu.download
+    assert onnxruntime_build(gpu=False, python_version=(3, 9)).download != cpu.download
+
+
 def test_auto_device_description():
     cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert describe_auto_device(None, gpu_present=False) == "CPU"
-    assert describe_auto_device(None, gpu_present=True).startswith("GPU (CUDA) after installing")
+    assert describe_auto_device(None, gpu_present=True, python_version=(3, 12)).startswith(
+        "GPU (CUDA) after installing")
     assert describe_auto_device(["CPUExecutionProvider"], gpu_present=True).startswith("CPU: the installed")
     assert describe_auto_device(cuda, gpu_present=False) == "CPU: no NVIDIA driver found"
     assert describe_auto_device(cuda, gpu_present=True).startswith("GPU (CUDA) if a test inference succeeds")

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import ChecksumError, WeightsError
 from ..progress import CancelToken, ProgressCallback
+from ..progress_throttle import throttle_progress
 from .download import download_file, sha256_of
 from .model_registry import ModelCard
 
@@ -75,6 +76,14 @@ def _matches(path: Path, card: ModelCard) -> bool:
         with _verified_lock:
             _verified[key] = known
     return known
+
+
+def _remember_verified(path: Path) -> None:
+    """Record ``path`` (just verified on this thread) so :func:`_matches` need not hash it again,
+    e.g. on the GUI thread when the module refreshes its model list after a download."""
+    stat = path.stat()
+    with _verified_lock:
+        _verified[(str(path.resolve()), stat.st_mtime_ns, stat.st_size)] = True
 
 
 def is_available_offline(card: ModelCard, registry_dir: Path, cache: Optional[Path] = None) -> bool:
@@ -143,10 +152,13 @@ def resolve_weights(card: ModelCard, registry_dir: Path, *, cache: Optional[Path
     if not allow_download:
         raise WeightsError(f"Weights of model {card.id} are not available offline{note}.", manual)
     failures = []
+    progress = throttle_progress(progress)  # a download reports every chunk; views redraw each event
     for url in urls:
         try:
-            return download_file(url, target, sha256=card.sha256, size_bytes=card.size_bytes,
+            path = download_file(url, target, sha256=card.sha256, size_bytes=card.size_bytes,
                                  progress=progress, cancel=cancel)
+            _remember_verified(path)  # download_file checked the SHA-256; don't hash it again elsewhere
+            return path
         except WeightsError as exc:  # DownloadError or ChecksumError: try the next location
             failures.append(exc)
     error = ChecksumError if all(isinstance(f, ChecksumError) for f in failures) else WeightsError
