@@ -29,6 +29,7 @@ __all__ = [
     "ChecksumError",
     "DeviceError",
     "OutputError",
+    "WriteVerificationError",
     "CancelledError",
 ]
 
@@ -105,6 +106,10 @@ class OutputError(KDSegError):
     """The output file cannot be written."""
 
     exit_code = EXIT_OUTPUT
+
+
+class WriteVerificationError(OutputError):
+    """A file or folder failed its check after writing; the previous one was left unchanged."""
 
 
 class CancelledError(KDSegError):

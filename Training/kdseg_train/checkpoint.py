@@ -20,10 +20,8 @@ Data order needs no saved state: batches are a pure function of (seed, step), se
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -31,6 +29,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 from torch import nn
+
+from KDSegmentationLib.atomic_files import TEMPORARY_MARK, atomic_directory, write_text_atomic
 
 __all__ = ["CheckpointError", "Checkpoint", "capture_rng_state", "restore_rng_state", "save_checkpoint",
            "load_checkpoint", "latest_checkpoint", "prune_checkpoints"]
@@ -87,30 +87,8 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform/file system
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps(data, indent=2), fsync=True)
 
 
 def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: torch.optim.Optimizer,
@@ -135,8 +113,10 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: to
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
-    try:
+    # An existing folder of the same step (e.g. a SIGTERM checkpoint at a step that was just
+    # saved) is replaced as a whole; the files inside a fresh temporary folder need no
+    # atomic writes of their own, the folder's rename publishes them together.
+    with atomic_directory(final, fsync=True) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE))
         state = {
@@ -148,18 +128,8 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: to
         }
         with open(tmp / STATE_FILE, "wb") as handle:
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _write_json_atomic(tmp / META_FILE, dict(meta or {}, step=step))
-        _fsync_dir(tmp)
-        if final.exists():  # e.g. a SIGTERM checkpoint at a step that was just saved
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(directory)
-        _write_json_atomic(directory / LATEST_FILE, {"step": step, "checkpoint": final.name})
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / META_FILE).write_text(json.dumps(dict(meta or {}, step=step), indent=2), encoding="utf-8")
+    _write_json_atomic(directory / LATEST_FILE, {"step": step, "checkpoint": final.name})
     prune_checkpoints(directory, keep)
     return final
 
@@ -195,7 +165,7 @@ def prune_checkpoints(directory: Path, keep: int) -> None:
     for old in complete[:-max(1, keep)]:
         if old != current:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in directory.glob(".step-*.tmp"):
+    for stale in directory.glob(f".step-*{TEMPORARY_MARK}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -10,13 +10,12 @@ such as ``optim.learning_rate`` would otherwise silently train with the default.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
 import yaml
 
+from KDSegmentationLib.atomic_files import write_text_atomic
 from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW, DEFAULT_INPUT_SIZE
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "save_config"]
@@ -175,12 +174,4 @@ def save_config(config: Dict[str, Any], path: Path) -> Path:
     """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(config, handle, sort_keys=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))

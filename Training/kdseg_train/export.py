@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from KDSegmentationLib.atomic_files import temporary_sibling, write_text_atomic
+from KDSegmentationLib.atomic_files import atomic_file, write_text_atomic
 
 from .models import TransUNet, TransUNetConfig
 from .models.resnet_v2 import StdConv2d
@@ -56,12 +55,6 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
                     parent._modules[name_a] = fuse_conv_bn_eval(a, b)
                     parent._modules[name_b] = nn.Identity()
     return folded
-
-
-def _atomic_target(path: Path) -> Tuple[Path, Path]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path, temporary_sibling(path, suffix=".tmp")
 
 
 @dataclass(frozen=True)
@@ -172,8 +165,9 @@ def export_onnx(model: nn.Module, path: Union[str, Path], img_size: int, opset: 
     folded = fold_for_inference(model)
     in_channels = int(getattr(model, "in_channels", 1))
     dummy = torch.zeros(1, in_channels, img_size, img_size)
-    path, tmp = _atomic_target(Path(path))
-    try:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
         with torch.no_grad():
             EXPORTERS[exporter](folded, dummy, tmp, opset)
         if check:
@@ -186,10 +180,6 @@ def export_onnx(model: nn.Module, path: Union[str, Path], img_size: int, opset: 
                     f"(> {atol:.0e}) on a random input; {path} was not written. Export with float32 "
                     "weights in eval mode, or report the model config if it persists"
                 )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -221,13 +211,9 @@ def export_safetensors(model: TransUNet, directory: Union[str, Path],
     if extra:
         config.update(extra)
     text = json.dumps(config, indent=2)  # fail on non-JSON metadata before touching any file
-    weights, tmp = _atomic_target(directory / SAFETENSORS_WEIGHTS)
-    try:
+    weights = directory / SAFETENSORS_WEIGHTS
+    with atomic_file(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": SAFETENSORS_FORMAT})
-        os.replace(tmp, weights)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     write_text_atomic(directory / SAFETENSORS_CONFIG, text)
     return weights
 

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
+from KDSegmentationLib.atomic_files import atomic_file
 
 __all__ = ["plot_losses", "plot_validation_curve", "plot_validation_dice", "save_overlay"]
 
@@ -20,6 +21,12 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, output: Path) -> None:
+    # The temporary keeps the extension: matplotlib picks the image format from it.
+    with atomic_file(output, keep_suffix=True) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def _read(path: Path) -> List[Dict[str, str]]:
@@ -48,7 +55,7 @@ def plot_losses(train_log: Path, output: Path) -> Path:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    _save(fig, output)
     plt.close(fig)
     return output
 
@@ -69,7 +76,7 @@ def plot_validation_curve(val_log: Path, output: Path) -> Path:
     ax.set_ylabel("validation Dice")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    _save(fig, output)
     plt.close(fig)
     return output
 
@@ -88,7 +95,7 @@ def plot_validation_dice(validation: Dict[str, Any], output: Path, title: str = 
     ax.set_ylabel("Dice")
     ax.set_title(f"{title} (mean {validation.get('mean_dice', float('nan')):.3f})")
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    _save(fig, output)
     plt.close(fig)
     return output
 
@@ -116,6 +123,6 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, output: Path, reference:
         ax.set_title(f"{title} {name}".strip(), fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
+    _save(fig, output)
     plt.close(fig)
     return output

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from KDSegmentationLib.atomic_files import atomic_file
 
 __all__ = ["CsvLog", "read_csv", "open_tensorboard"]
 
@@ -50,10 +50,8 @@ class CsvLog:
             raise ValueError(f"{self.path} has columns {rows[0]}, this run writes {self.columns}; the config changed "
                              "between the run and its resume (terms, validation cases), so resume is refused")
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else [self.columns]
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        with atomic_file(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows(kept)
-        os.replace(tmp, self.path)
 
     def write(self, row: Dict[str, Any]) -> None:
         self._writer.writerow([_format(row.get(c, "")) for c in self.columns])

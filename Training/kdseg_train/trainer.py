@@ -29,6 +29,8 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from KDSegmentationLib.atomic_files import write_text_atomic
+
 from .batch_plan import BatchPlan, EpochIndexedDataset
 from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint,
                          restore_rng_state, save_checkpoint)
@@ -504,7 +506,7 @@ class Trainer:
                 summary["validation"] = {"mean_dice": last_val["mean_dice"],
                                          "cases": {case: {names.get(i, str(i)): v for i, v in scores.items()}
                                                    for case, scores in last_val["cases"].items()}}
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
             if self.config["train"].get("figures", True):
                 self._write_figures(summary.get("validation"))
         self.ctx.barrier()

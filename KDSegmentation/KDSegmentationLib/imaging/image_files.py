@@ -13,7 +13,6 @@ import gzip
 import logging
 import os
 import re
-import secrets
 import zlib
 from pathlib import Path
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from typing import Iterator, List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
+from ..atomic_files import Verify, atomic_file, temporary_sibling
 from ..errors import InputImageError, OutputError
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
@@ -245,27 +245,25 @@ def check_output_path(path: PathLike) -> Path:
         raise OutputError(f"Output {path} is a folder.", "Give a file name such as seg.nii.gz.")
     # Creating a file is the only reliable test: os.access() says yes to root on
     # read-only mounts and pseudo file systems, and ignores ACLs.
-    probe = _temporary_name(path)
     try:
-        with open(probe, "xb"):
-            pass
+        temporary_sibling(path).unlink()
     except OSError as exc:
         raise OutputError(f"Output folder {parent} is not writable ({exc.strerror}).",
                           "Choose a folder you can write to.") from None
-    os.unlink(probe)
     return path
 
 
-def _temporary_name(path: Path) -> Path:
-    """A hidden sibling of ``path`` that keeps its extension (which selects the ITK writer)."""
-    return path.parent / f".{path.name.split('.')[0]}.{secrets.token_hex(6)}.part{_suffix(path)}"
-
-
-def write_image_atomic(image: sitk.Image, path: PathLike) -> Path:
+def write_image_atomic(image: sitk.Image, path: PathLike, verify: Optional[Verify] = None) -> Path:
     """Write ``image`` (compressed) via a temporary file in the same folder and an atomic rename.
 
     On any failure, including KeyboardInterrupt, the temporary file is removed and an
     existing file at ``path`` is left as it was.
+
+    Args:
+        image: the image to write.
+        path: destination; its extension selects the format (see ``WRITABLE_SUFFIXES``).
+        verify: check run on the written temporary file before the rename
+            (see :mod:`KDSegmentationLib.atomic_files`).
 
     Returns:
         ``path``.
@@ -273,20 +271,16 @@ def write_image_atomic(image: sitk.Image, path: PathLike) -> Path:
     Raises:
         OutputError: the path cannot be written (see :func:`check_output_path`), the
             disk is full or permission is denied.
+        WriteVerificationError: ``verify`` rejected the written file.
     """
     path = check_output_path(path)
-    tmp = str(_temporary_name(path))
     try:
-        # Created here so that a folder that cannot be written fails with the OS's reason
-        # (ITK's writers report it only on stderr), and with the user's umask (not mkstemp's 0600).
-        with open(tmp, "xb"):
-            pass
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
+        # The temporary keeps the extension, which selects the ITK writer. It is created
+        # before ITK writes, so that a folder that cannot be written fails with the OS's
+        # reason (ITK's writers report it only on stderr).
+        with atomic_file(path, keep_suffix=True, verify=verify) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
     except (RuntimeError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
         raise OutputError(f"Cannot write {path}: {reason}.", "Check free disk space and permissions.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -20,7 +20,6 @@ are used in sorted order.
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from KDSegmentationLib.atomic_files import atomic_file, write_text_atomic
 
 from .augmentation import TransUNetAugmentation
 from .ct_volumes import CTVolume
@@ -198,9 +199,7 @@ def _append_to_list(listing: Path, names: List[str]) -> None:
     existing = listing.read_text(encoding="utf-8").split() if listing.is_file() else []
     known = set(existing)
     merged = existing + [n for n in names if n not in known]
-    tmp = listing.with_name(listing.name + ".tmp")
-    tmp.write_text("".join(n + "\n" for n in merged), encoding="utf-8")
-    os.replace(tmp, listing)
+    write_text_atomic(listing, "".join(n + "\n" for n in merged))
 
 
 def write_synapse_case(volume: CTVolume, root: Path, split: str = "train", skip_empty: bool = False) -> List[str]:
@@ -228,28 +227,18 @@ def write_synapse_case(volume: CTVolume, root: Path, split: str = "train", skip_
             if skip_empty and not volume.labels[z].any():
                 continue
             name = f"{volume.name}_slice{z:03d}"
-            tmp = root / "train_npz" / f"{name}.partial.npz"
-            try:
+            # keep_suffix: np.savez appends ".npz" to a name without it.
+            with atomic_file(root / "train_npz" / f"{name}.npz", keep_suffix=True) as tmp:
                 np.savez(tmp, image=volume.image[z].astype(np.float32), label=volume.labels[z].astype(np.float32))
-                os.replace(tmp, root / "train_npz" / f"{name}.npz")
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
             names.append(name)
     else:
         import h5py
 
         (root / "test_vol_h5").mkdir(parents=True, exist_ok=True)
         target = root / "test_vol_h5" / f"{volume.name}.npy.h5"
-        tmp = target.with_name(target.name + ".tmp")
-        try:
-            with h5py.File(tmp, "w") as handle:
-                handle.create_dataset("image", data=volume.image.astype(np.float32), compression="gzip")
-                handle.create_dataset("label", data=volume.labels.astype(np.float32), compression="gzip")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_file(target) as tmp, h5py.File(tmp, "w") as handle:
+            handle.create_dataset("image", data=volume.image.astype(np.float32), compression="gzip")
+            handle.create_dataset("label", data=volume.labels.astype(np.float32), compression="gzip")
         names.append(volume.name)
     _append_to_list(root / "lists_Synapse" / f"{split}.txt", names)
     return names
