@@ -27,8 +27,15 @@ def _full_labels_before_postprocessing(image, segmenter, structures=None):
     return result.labels
 
 
+def _input_slab(full_kji, preview):
+    """The full run's labels at the preview's slice, on the input grid (length 1 along the axial axis)."""
+    index = [slice(None)] * 3
+    index[preview.input_axis] = slice(preview.input_index, preview.input_index + 1)
+    return full_kji[tuple(index)]
+
+
 def test_preview_of_each_slice_equals_that_slice_of_the_full_run(sample_ct, bundled_segmenter):
-    full = sitk.GetArrayFromImage(to_canonical(_full_labels_before_postprocessing(sample_ct, bundled_segmenter)))
+    full = sitk.GetArrayFromImage(_full_labels_before_postprocessing(sample_ct, bundled_segmenter))  # input grid
     assert set(np.unique(full)) >= {0, 5, 7}, "the bundled model finds liver and spleen on the sample"
     volume = PreviewVolume.from_image(sample_ct)
     previewer = SlicePreviewer(bundled_segmenter)
@@ -37,47 +44,55 @@ def test_preview_of_each_slice_equals_that_slice_of_the_full_run(sample_ct, bund
     for index in sorted(set(range(0, depth, 3)) | {depth - 1}):
         preview = previewer.segment_slice(volume, index)
         assert preview.index == index
+        # The sample is stored R-A-S (sitk direction diag(-1, -1, 1)): K is axial, from the feet like z.
+        assert (preview.input_axis, preview.input_index) == (0, index)
         assert preview.labels.dtype == np.uint8 and preview.labels.shape == (1,) + full.shape[1:]
-        np.testing.assert_array_equal(preview.labels[0], full[index], err_msg=f"slice {index}")
+        np.testing.assert_array_equal(preview.labels, _input_slab(full, preview), err_msg=f"slice {index}")
+        np.testing.assert_allclose(preview.ijk_to_ras[:3, :3], ijk_to_ras_from_image(sample_ct)[:3, :3])
         organ_slices += bool(preview.labels.any())
         assert preview.timings["infer"] > 0
     assert organ_slices >= 10, "the comparison must cover slices with organs, not only background"
 
 
 def test_preview_keeps_only_the_chosen_structures_like_the_full_run(sample_ct, bundled_segmenter):
-    full = sitk.GetArrayFromImage(to_canonical(
-        _full_labels_before_postprocessing(sample_ct, bundled_segmenter, ["spleen"])))
+    full = sitk.GetArrayFromImage(_full_labels_before_postprocessing(sample_ct, bundled_segmenter, ["spleen"]))
     volume = PreviewVolume.from_image(sample_ct)
     previewer = SlicePreviewer(bundled_segmenter, structures=["spleen"])
     spleen_slices = np.flatnonzero((full == 7).any(axis=(1, 2)))
     assert spleen_slices.size
     for index in (int(spleen_slices[0]), int(spleen_slices[spleen_slices.size // 2]), 0):
         preview = previewer.segment_slice(volume, index)
-        np.testing.assert_array_equal(preview.labels[0], full[index])
+        np.testing.assert_array_equal(preview.labels, _input_slab(full, preview))
         assert set(np.unique(preview.labels)) <= {0, 7}
 
 
-@pytest.mark.parametrize("stored_as", ["RAI", "IRA"])
-def test_preview_lands_on_the_input_voxels_whatever_the_orientation(sample_ct, bundled_segmenter, stored_as):
-    """The same CT stored in another voxel order (flipped; permuted so that the axial axis is i): each preview
-    voxel sits exactly on an input voxel, with the full run's label there."""
+@pytest.mark.parametrize("stored_as, axial_axis", [("IRA", 2), ("PSL", 1)])
+def test_preview_lands_on_the_input_grid_whatever_the_orientation(sample_ct, bundled_segmenter, stored_as,
+                                                                  axial_axis):
+    """The same CT stored in another voxel order (flipped; permuted so that the axial axis is I or J): the
+    preview is a one-slice volume on the input's grid, equal to the full run there, each voxel exactly on
+    the input voxel it describes."""
     stored = sitk.DICOMOrient(sample_ct, stored_as)
     full_image = _full_labels_before_postprocessing(stored, bundled_segmenter)
     full = sitk.GetArrayFromImage(full_image)  # on the stored grid
-    input_ras_to_ijk = np.linalg.inv(ijk_to_ras_from_image(stored))
     volume = PreviewVolume.from_kji_array(sitk.GetArrayFromImage(stored), ijk_to_ras_from_image(stored))
     np.testing.assert_array_equal(volume.hu, sitk.GetArrayFromImage(to_canonical(sample_ct)))
     index = int((sitk.GetArrayFromImage(to_canonical(full_image)) > 0).sum(axis=(1, 2)).argmax())
     preview = SlicePreviewer(bundled_segmenter).segment_slice(volume, index)
-    _, height, width = preview.labels.shape
-    y, x = np.mgrid[0:height, 0:width]
-    ijk = np.stack([x.ravel(), y.ravel(), np.zeros(x.size), np.ones(x.size)])
-    input_ijk = input_ras_to_ijk @ preview.ijk_to_ras @ ijk
-    np.testing.assert_allclose(input_ijk, np.round(input_ijk), atol=1e-6)  # exactly on input voxels
-    i, j, k = np.round(input_ijk[:3]).astype(int)
-    labels_there = full[k, j, i].reshape(height, width)
-    assert labels_there.any()
-    np.testing.assert_array_equal(preview.labels[0], labels_there)
+    assert preview.input_axis == axial_axis and preview.labels.shape[axial_axis] == 1
+    slab = _input_slab(full, preview)
+    assert slab.any()
+    np.testing.assert_array_equal(preview.labels, slab)
+    # Geometry: the slab's voxel (0, 0, 0) of the preview is the input voxel at the slab's start.
+    start = [0, 0, 0]
+    start[2 - axial_axis] = preview.input_index
+    np.testing.assert_allclose(preview.ijk_to_ras, ijk_to_ras_from_image(stored) @ _translation(start), atol=1e-9)
+
+
+def _translation(ijk):
+    matrix = np.eye(4)
+    matrix[:3, 3] = ijk
+    return matrix
 
 
 def test_bad_slice_index_and_structure_names(sample_ct, bundled_segmenter):

@@ -16,6 +16,7 @@ from KDSegmentationLib.slicer_support.live_preview import (
     PreviewInput,
     ViewRequest,
     registry_segmenter_factory,
+    same_view,
 )
 from KDSegmentationLib.slicer_support.run_settings import run_settings
 from KDSegmentationLib.weights.model_registry import load_registry
@@ -62,13 +63,14 @@ def test_previews_follow_the_view_with_one_warm_session_and_one_prepared_volume(
     monkeypatch.setattr(live_preview_module.PreviewVolume, "from_kji_array",
                         lambda *args: prepared.append(1) or original(*args))
     preview = LivePreview(factory)
-    full = sitk.GetArrayFromImage(to_canonical(segment_image(
+    full = sitk.GetArrayFromImage(segment_image(  # the sample's K axis is its axial axis, inferior first
         image, Segmenter.from_registry(device="cpu", registry=registry), SegmentationOptions(postprocess=False)
-    ).labels))
+    ).labels)
     for z in (20, 60, 61, 100):
         outcome = preview(ViewRequest(settings, volume, _axial_view_at(canonical_ijk_to_ras, z), np.eye(4)))
         assert outcome.view.state is ViewState.AXIAL and outcome.view.index == z
         np.testing.assert_array_equal(outcome.preview.labels[0], full[z])
+        assert (outcome.preview.input_axis, outcome.preview.input_index) == (0, z)
         assert outcome.card.id == settings.model_id
     assert len(factory.opened) == 1 and len(prepared) == 1
 
@@ -128,3 +130,43 @@ def test_scrolling_through_the_worker_computes_only_the_newest_view(registry, sa
         assert worker.poll() is None
     finally:
         assert worker.close(timeout=10)
+
+
+def test_moving_within_a_slice_reuses_it_and_none_releases_the_volume(registry, sample, monkeypatch):
+    image, volume = sample
+    canonical_ijk_to_ras = ijk_to_ras_from_image(to_canonical(image))
+    settings, _ = run_settings(registry, device="cpu", threads=1)
+    prepared = []
+    original = live_preview_module.PreviewVolume.from_kji_array
+    monkeypatch.setattr(live_preview_module.PreviewVolume, "from_kji_array",
+                        lambda *args: prepared.append(1) or original(*args))
+    preview = LivePreview(registry_segmenter_factory(registry))
+    first = preview(ViewRequest(settings, volume, _axial_view_at(canonical_ijk_to_ras, 30), np.eye(4)))
+    nudged = _axial_view_at(canonical_ijk_to_ras, 30.3)  # a third of a slice further: still slice 30
+    nudged[:3, 3] += (7.0, -3.0, 0.0)  # and panned
+    second = preview(ViewRequest(settings, volume, nudged, np.eye(4)))
+    assert second.preview is first.preview and "infer" in first.timings and "infer" not in second.timings
+    assert preview(None) is None
+    third = preview(ViewRequest(settings, volume, nudged, np.eye(4)))
+    assert len(prepared) == 2, "after a release the volume is prepared again"
+    np.testing.assert_array_equal(third.preview.labels, first.preview.labels)
+
+
+def test_same_view_ignores_nothing_that_moves_the_view(registry, sample):
+    image, volume = sample
+    settings, _ = run_settings(registry, device="cpu", threads=1)
+    view = _axial_view_at(ijk_to_ras_from_image(image), 10)
+    request = ViewRequest(settings, volume, view, np.eye(4))
+    assert same_view(request, ViewRequest(settings, volume, view.copy(), np.eye(4)))
+    assert same_view(None, None) and not same_view(request, None)
+    moved = view.copy()
+    moved[2, 3] += 1e-6
+    assert not same_view(request, ViewRequest(settings, volume, moved, np.eye(4)))
+    assert not same_view(request, ViewRequest(settings, volume, view, None))
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.0
+    assert not same_view(request, ViewRequest(settings, volume, view, shifted))
+    other_settings, _ = run_settings(registry, device="cpu", threads=1, structures="liver")
+    assert not same_view(request, ViewRequest(other_settings, volume, view, np.eye(4)))
+    edited = PreviewInput("vtkMRMLScalarVolumeNode1@2", volume.array_kji, volume.ijk_to_ras)
+    assert not same_view(request, ViewRequest(settings, edited, view, np.eye(4)))

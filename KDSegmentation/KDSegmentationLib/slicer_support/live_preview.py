@@ -24,7 +24,7 @@ from .run_settings import RunSettings
 from ..inference.slice_preview import PreviewVolume, SlicePreview, SlicePreviewer
 from ..imaging.slice_under_view import SliceUnderView, ViewState, axial_slice_under_view
 
-__all__ = ["PreviewInput", "ViewRequest", "ViewPreview", "LivePreview", "registry_segmenter_factory"]
+__all__ = ["PreviewInput", "ViewRequest", "ViewPreview", "LivePreview", "registry_segmenter_factory", "same_view"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,23 @@ class ViewRequest:
     parent_to_world: Optional[np.ndarray]
 
 
+def same_view(a: Optional[ViewRequest], b: Optional[ViewRequest]) -> bool:
+    """Whether two requests ask for the same thing (slice node events fire far more often than the view moves).
+
+    Matrices count as equal within 1e-9 (mm and direction cosines): anything smaller cannot move the view to
+    another slice.
+    """
+    if a is None or b is None:
+        return a is b
+    if a.settings != b.settings or a.volume.key != b.volume.key:
+        return False
+    if (a.parent_to_world is None) != (b.parent_to_world is None):
+        return False
+    if a.parent_to_world is not None and not np.allclose(a.parent_to_world, b.parent_to_world, rtol=0, atol=1e-9):
+        return False
+    return bool(np.allclose(a.slice_to_ras, b.slice_to_ras, rtol=0, atol=1e-9))
+
+
 @dataclass(frozen=True)
 class ViewPreview:
     """The answer to a :class:`ViewRequest`.
@@ -70,7 +87,8 @@ class ViewPreview:
         preview: the segmented slice when ``view.state`` is AXIAL, else None.
         card: the model card (label names and colours for the overlay).
         timings: seconds per stage: "prepare" (volume reoriented, only when the input
-            changed), "locate" (slice under view), and the preview's own stages.
+            changed), "locate" (slice under view), and, when the slice was segmented rather
+            than reused from the previous request, the preview's own stages.
     """
 
     view: SliceUnderView
@@ -112,6 +130,8 @@ class LivePreview:
         self._previewer: Optional[SlicePreviewer] = None
         self._volume_key: Optional[str] = None
         self._volume: Optional[PreviewVolume] = None
+        # The view often moves within one slice (sub-slice scrolling, panning, zooming): reuse that slice.
+        self._last_preview: Optional[Tuple[Tuple, SlicePreview]] = None
 
     def _previewer_for(self, settings: RunSettings) -> SlicePreviewer:
         session_key = (settings.model_id, settings.device, settings.threads)
@@ -136,11 +156,12 @@ class LivePreview:
         """The open model session, or None before the first request."""
         return self._segmenter
 
-    def forget_volume(self) -> None:
-        """Release the prepared volume (e.g. when the preview is switched off); the session stays open."""
-        self._volume, self._volume_key = None, None
-
-    def __call__(self, request: ViewRequest) -> ViewPreview:
+    def __call__(self, request: Optional[ViewRequest]) -> Optional[ViewPreview]:
+        """Segment the slice under view; ``None`` instead of a request releases the prepared volume
+        (the preview was switched off: only the model session stays) and returns None."""
+        if request is None:
+            self._volume, self._volume_key, self._last_preview = None, None, None
+            return None
         previewer = self._previewer_for(request.settings)
         timings = {"prepare": 0.0, "locate": 0.0}
         start = time.perf_counter()
@@ -154,7 +175,13 @@ class LivePreview:
                                           np.asarray(request.parent_to_world, dtype=float) @ volume.ijk_to_ras,
                                           volume.shape)
         timings["locate"] = time.perf_counter() - located
-        preview = previewer.segment_slice(volume, view.index) if view.state is ViewState.AXIAL else None
-        if preview is not None:
-            timings.update(preview.timings)
+        preview = None
+        if view.state is ViewState.AXIAL:
+            key = (request.volume.key, request.settings, view.index)
+            if self._last_preview is not None and self._last_preview[0] == key:
+                preview = self._last_preview[1]
+            else:
+                preview = previewer.segment_slice(volume, view.index)
+                self._last_preview = (key, preview)
+                timings.update(preview.timings)
         return ViewPreview(view, preview, previewer.segmenter.card, timings)
