@@ -78,6 +78,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         elif mode == "busy":
             self._serve()
+        elif mode == "later" and n == 1:
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "later":
+            self._serve()
         elif mode == "corrupt":
             self._body(b"x" + PAYLOAD[1:])
         elif mode == "wrongsize":
@@ -245,6 +252,16 @@ def test_429_is_retried(url, tmp_path):
     dest = tmp_path / "m.onnx"
     download_file(url("busy"), dest, sha256=SHA, size_bytes=SIZE, backoff=0.01)
     assert dest.read_bytes() == PAYLOAD
+
+
+def test_retry_after_is_waited_for_and_logged(url, tmp_path, caplog):
+    dest = tmp_path / "m.onnx"
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="KDSegmentationLib"):
+        download_file(url("later"), dest, sha256=SHA, size_bytes=SIZE, backoff=0.01)
+    assert time.monotonic() - start >= 1.0  # the server's 1 s, not the 0.01 s backoff
+    assert dest.read_bytes() == PAYLOAD
+    assert any("HTTP 503" in r.getMessage() and "in 1.0 s" in r.getMessage() for r in caplog.records)
 
 
 def test_persistent_5xx_gives_up_after_the_retries(url, tmp_path):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -21,7 +20,8 @@ import torch
 from torch import nn
 
 from KDSegmentationLib.atomic_files import write_text_atomic
-from KDSegmentationLib.weights.download import LOCAL_HOSTS, sha256_of
+from KDSegmentationLib.weights.download import sha256_of
+from KDSegmentationLib.weights.url_policy import is_publishable_url
 from KDSegmentationLib.weights.model_registry import (InputSpec, ModelCard, card_to_dict, labels_from_anatomy,
                                                       load_registry, write_registry)
 
@@ -163,9 +163,7 @@ def check_download_url(url: str) -> str:
     Raises:
         ValueError: another scheme, no host, or plain http to another host.
     """
-    parts = urllib.parse.urlsplit(url)
-    local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
-    if not ((parts.scheme == "https" and parts.hostname) or local) or not parts.path.strip("/"):
+    if not is_publishable_url(url):
         raise ValueError(f"download URL {url!r} must be an https:// address of the ONNX file (http:// only for "
                          "127.0.0.1/localhost, for tests); kdseg refuses anything else")
     return url

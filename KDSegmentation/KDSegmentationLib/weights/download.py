@@ -1,6 +1,9 @@
-"""Verified, resumable, atomic download of model weights (standard library only).
+"""Verified, resumable, atomic download of model weights.
 
-A download streams into ``<destination>.partial`` while holding an inter-process
+The transport is ``requests`` (connect and read timeouts, proxies, TLS) and which
+failures are worth retrying, and how Retry-After is read, is urllib3's ``Retry``; both
+ship with 3D Slicer's Python. Resuming, cancelling, the size and SHA-256 checks and the
+inter-process lock are ours. A download streams into ``<destination>.partial`` while holding an inter-process
 lock on ``<destination>.lock``, resumes with an HTTP Range request when the server
 honours it (206) and restarts otherwise, retries timeouts, dropped connections and
 5xx answers with exponential backoff, and checks size and SHA-256 before renaming
@@ -12,21 +15,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import http.client
 import logging
 import os
 import socket
 import ssl
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from email.message import Message
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Iterator, Optional, Tuple
 
 from ..errors import CancelledError, ChecksumError, DownloadError
 from ..progress import CancelToken, ProgressCallback, Stage, report
+from .url_policy import ALLOWED_LOCATIONS, fetch_scheme
 
 try:  # POSIX
     import fcntl
@@ -37,15 +38,15 @@ try:  # Windows
 except ImportError:
     msvcrt = None  # type: ignore[assignment]
 
-__all__ = ["download_file", "sha256_of", "FileLock", "LOCAL_HOSTS"]
+__all__ = ["download_file", "sha256_of", "FileLock"]
 
 _log = logging.getLogger("KDSegmentationLib")
 _CHUNK = 1 << 16
 _HASH_BLOCK = 1 << 20
 _MAX_DELAY = 60.0
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-_RETRY_STATUS = {408, 429}
+_RETRY_STATUS = {408, 429}  # and every 5xx
 _OFFLINE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+_TIMEOUT_ERRORS = {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "Timeout"}
 
 
 def sha256_of(path: Path) -> str:
@@ -166,74 +167,69 @@ class FileLock:
                 pass
 
 
-# --- HTTP with separate connect and read timeouts --------------------------------------
+# --- HTTP: requests for the transport, urllib3's Retry for the retry policy --------------
+# requests/urllib3 ship with 3D Slicer's Python; they are imported when an HTTP download
+# starts, so `kdseg models` and the module's start stay fast.
 
-def _check_scheme(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return "https"
-    if parts.scheme == "file":
-        return "file"
-    if parts.scheme == "http" and parts.hostname in LOCAL_HOSTS:
-        return "http"
-    raise DownloadError(f"Refusing to download {url}: only https:// URLs (http:// only for 127.0.0.1, localhost "
-                        "or ::1) and file:// paths are allowed.",
-                        "Use an https:// location for the weights, or place the file by hand.")
+def _check_url(url: str) -> str:
+    scheme = fetch_scheme(url)
+    if scheme is None:
+        raise DownloadError(f"Refusing to download {url}: {ALLOWED_LOCATIONS}.",
+                            "Use an https:// location for the weights, or place the file by hand.")
+    return scheme
 
 
-class _ReadTimeout:
-    """Connection mixin: connect (and TLS handshake) with ``timeout``, then wait at most
-    ``read_timeout`` for each read."""
+def _session() -> Any:
+    """A requests session that holds every redirect to the URL policy (no https -> http downgrade)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
 
-    def __init__(self, *args, read_timeout: float, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._read_timeout = read_timeout
+    class PolicySession(requests.Session):
+        def get_redirect_target(self, resp: Any) -> Optional[str]:
+            target = super().get_redirect_target(resp)
+            if target:
+                _check_url(urllib.parse.urljoin(resp.url, target))
+            return target
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self._read_timeout)
-
-
-class _HTTPConnection(_ReadTimeout, http.client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_ReadTimeout, http.client.HTTPSConnection):
-    pass
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self._read_timeout = read_timeout
-
-    def http_open(self, req):
-        return self.do_open(_HTTPConnection, req, read_timeout=self._read_timeout)
+    session = PolicySession()
+    # Retries are decided by download_file() (they resume from the partial file and can be
+    # cancelled), so the adapter itself never retries.
+    adapter = HTTPAdapter(max_retries=Retry(total=0, read=False, redirect=False, raise_on_status=False))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers.update({"User-Agent": "KDSegmentation", "Accept-Encoding": "identity"})
+    return session
 
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self._read_timeout = read_timeout
+def _retry_policy(retries: int) -> Any:
+    """Which answers are worth retrying and how their Retry-After is read: urllib3's Retry.
 
-    def https_open(self, req):
-        return self.do_open(_HTTPSConnection, req, read_timeout=self._read_timeout)
+    The attempts themselves are counted and spaced by :func:`_fetch_with_retries`.
+    """
+    from urllib3.util.retry import Retry
 
-
-class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows redirects only to locations the scheme rule allows (no https -> http downgrade)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_scheme(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    return Retry(total=retries, redirect=False, status_forcelist=sorted(_RETRY_STATUS | set(range(500, 600))),
+                 allowed_methods=["GET"], respect_retry_after_header=True, raise_on_status=False)
 
 
-def _opener(read_timeout: float) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_HTTPHandler(read_timeout), _HTTPSHandler(read_timeout), _RedirectHandler())
+def _retry_after(policy: Any, response: Any) -> float:
+    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), 0 if none or unreadable."""
+    from urllib3.exceptions import InvalidHeader
+
+    try:
+        return min(policy.get_retry_after(response.raw) or 0.0, _MAX_DELAY)
+    except InvalidHeader:
+        return 0.0
 
 
 class _Transient(Exception):
-    """A failure worth retrying (timeout, dropped connection, 5xx)."""
+    """A failure worth retrying (timeout, dropped connection, 408/429/5xx).
+
+    Args:
+        reason: short text for the log and the final error.
+        retry_after: seconds the server asked us to wait (Retry-After), 0 if none.
+    """
 
     def __init__(self, reason: str, retry_after: float = 0.0) -> None:
         super().__init__(reason)
@@ -241,28 +237,35 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests and urllib3 nest the socket error several levels deep."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        stack.extend(e for e in linked if isinstance(e, BaseException))
+
+
 def _network_failure(url: str, exc: BaseException) -> Exception:
     """Classify a network exception: a :class:`_Transient` to retry, or a final DownloadError."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, socket.gaierror) or (isinstance(reason, OSError) and reason.errno in _OFFLINE_ERRNOS):
-        return DownloadError(f"Cannot reach {urllib.parse.urlsplit(url).hostname} to download {url} "
-                             f"({reason}); this computer seems to be offline.",
+    host = urllib.parse.urlsplit(url).hostname
+    causes = list(_causes(exc))
+    if any(isinstance(c, socket.gaierror) or (isinstance(c, OSError) and c.errno in _OFFLINE_ERRNOS)
+           for c in causes):
+        return DownloadError(f"Cannot reach {host} to download {url} ({exc}); this computer seems to be offline.",
                              "Connect to the network, or place the file by hand (see `kdseg models`).")
-    if isinstance(reason, ssl.SSLCertVerificationError):
-        return DownloadError(f"The TLS certificate of {urllib.parse.urlsplit(url).hostname} could not be "
-                             f"verified ({reason.verify_message}).",
+    certificate = next((c for c in causes if isinstance(c, ssl.SSLCertVerificationError)), None)
+    if certificate is not None:
+        return DownloadError(f"The TLS certificate of {host} could not be verified ({certificate.verify_message}).",
                              "Check the system clock and the certificate store (a proxy may intercept HTTPS).")
-    if isinstance(reason, (socket.timeout, TimeoutError)):
+    if any(isinstance(c, (socket.timeout, TimeoutError)) or type(c).__name__ in _TIMEOUT_ERRORS for c in causes):
         return _Transient("timed out")
-    return _Transient(str(reason) or type(reason).__name__)
-
-
-def _retry_after(headers: Optional[Message]) -> float:
-    value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return min(float(value), _MAX_DELAY) if value else 0.0
-    except ValueError:  # an HTTP date: not worth parsing for a short wait
-        return 0.0
+    return _Transient(str(exc) or type(exc).__name__)
 
 
 def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
@@ -288,38 +291,45 @@ def _write_error(path: Path, exc: OSError) -> DownloadError:
                          "Free disk space or choose another cache folder with the KDSEG_CACHE environment variable.")
 
 
-def _fetch_http(opener: urllib.request.OpenerDirector, url: str, partial: Path, size_bytes: Optional[int],
-                progress: Optional[ProgressCallback], cancel: Optional[CancelToken], connect_timeout: float) -> None:
+def _read_arrived(raw: Any) -> bytes:
+    """The body bytes that have arrived (up to one chunk): a stall then loses none of them."""
+    read1 = getattr(raw, "read1", None)  # urllib3 >= 2.1; older ones only block for a full chunk
+    return read1(_CHUNK) if read1 is not None else raw.read(_CHUNK)
+
+
+def _fetch_http(session: Any, policy: Any, url: str, partial: Path, size_bytes: Optional[int],
+                progress: Optional[ProgressCallback], cancel: Optional[CancelToken],
+                timeouts: Tuple[float, float]) -> None:
     """One attempt: extend ``partial`` towards the complete file, or raise."""
+    import requests
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
     offset = partial.stat().st_size if partial.exists() else 0
     if size_bytes is not None and offset > size_bytes:
         partial.unlink()
         offset = 0
     if size_bytes is not None and offset == size_bytes:
         return  # complete from an earlier attempt that stopped before verifying
-    request = urllib.request.Request(url, headers={"User-Agent": "KDSegmentation", "Accept-Encoding": "identity"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
     try:
-        response = opener.open(request, timeout=connect_timeout)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        if exc.code == 416 and offset:
-            partial.unlink()  # our partial does not fit the server's file: start again
-            raise _Transient("server rejected the resume range") from None
-        if exc.code >= 500 or exc.code in _RETRY_STATUS:
-            raise _Transient(f"HTTP {exc.code} {exc.reason}", _retry_after(exc.headers)) from None
-        if partial.exists():
-            partial.unlink()
-        raise DownloadError(f"Download of {url} failed: HTTP {exc.code} {exc.reason}.",
-                            "Check the URL in the model registry entry.") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        failure = _network_failure(url, exc)
-        raise failure from None
+        response = session.get(url, headers=headers, stream=True, timeout=timeouts)
+    except requests.RequestException as exc:
+        raise _network_failure(url, exc) from None
     with response:
+        status = response.status_code
+        if status >= 400:
+            reason = f"HTTP {status} {response.reason}"
+            if status == 416 and offset:
+                partial.unlink()  # our partial does not fit the server's file: start again
+                raise _Transient("server rejected the resume range")
+            if policy.is_retry("GET", status, has_retry_after="Retry-After" in response.headers):
+                raise _Transient(reason, _retry_after(policy, response))
+            if partial.exists():
+                partial.unlink()
+            raise DownloadError(f"Download of {url} failed: {reason}.", "Check the URL in the model registry entry.")
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
-        if offset and response.status == 206:
+        if offset and status == 206:
             first, total = _content_range(response.headers.get("Content-Range"))
             if first != offset:
                 partial.unlink()
@@ -343,8 +353,8 @@ def _fetch_http(opener: urllib.request.OpenerDirector, url: str, partial: Path, 
                     raise CancelledError(f"Download of {url} cancelled; {partial} is kept and the next "
                                          "attempt resumes it.")
                 try:
-                    block = response.read1(_CHUNK)  # what has arrived: a stall loses no received bytes
-                except (http.client.HTTPException, OSError) as exc:
+                    block = _read_arrived(response.raw)
+                except (requests.RequestException, Urllib3Error, OSError) as exc:
                     raise _network_failure(url, exc) from None
                 if not block:
                     break
@@ -388,6 +398,36 @@ def _copy_file(url: str, partial: Path, size_bytes: Optional[int], progress: Opt
             partial.unlink()
         raise DownloadError(f"Copying {source} to {partial} failed: {exc.strerror or exc}.",
                             "Check the file's permissions and the free disk space.") from None
+
+
+def _fetch_with_retries(url: str, partial: Path, size_bytes: Optional[int], progress: Optional[ProgressCallback],
+                        cancel: Optional[CancelToken], timeouts: Tuple[float, float], retries: int,
+                        backoff: float) -> None:
+    """Attempts of :func:`_fetch_http` until the partial file is complete or the retries run out.
+
+    Each retry resumes the partial file. The wait before retry n is ``backoff * 2 ** (n - 1)``
+    seconds, or longer when the server's Retry-After asks for it, at most 60 s, and is
+    cancellable (urllib3's own sleep is not).
+    """
+    session = _session()
+    policy = _retry_policy(retries)
+    with session:
+        attempt = 0
+        while True:
+            try:
+                _fetch_http(session, policy, url, partial, size_bytes, progress, cancel, timeouts)
+                return
+            except _Transient as failure:
+                attempt += 1
+                if attempt > retries:
+                    kept = f" {partial} is kept and the next attempt resumes it." if partial.exists() else ""
+                    raise DownloadError(f"Download of {url} failed after {attempt} attempts "
+                                        f"(last: {failure.reason}).",
+                                        f"Check the network connection and try again.{kept}") from None
+                delay = min(max(backoff * 2 ** (attempt - 1), failure.retry_after), _MAX_DELAY)
+                _log.warning("Download of %s failed (%s); retry %d of %d in %.1f s", url, failure.reason,
+                             attempt, retries, delay)
+                _sleep(delay, cancel, url)
 
 
 def _verify(path: Path, sha256: str, size_bytes: Optional[int], url: str) -> None:
@@ -447,7 +487,7 @@ def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optio
         CancelledError: ``cancel`` was set.
     """
     destination = Path(destination)
-    scheme = _check_scheme(url)
+    scheme = _check_url(url)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -464,23 +504,8 @@ def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optio
         if scheme == "file":
             _copy_file(url, partial, size_bytes, progress, cancel)
         else:
-            opener = _opener(read_timeout)
-            attempt = 0
-            while True:
-                try:
-                    _fetch_http(opener, url, partial, size_bytes, progress, cancel, connect_timeout)
-                    break
-                except _Transient as failure:
-                    attempt += 1
-                    if attempt > retries:
-                        kept = f" {partial} is kept and the next attempt resumes it." if partial.exists() else ""
-                        raise DownloadError(f"Download of {url} failed after {attempt} attempts "
-                                            f"(last: {failure.reason}).",
-                                            f"Check the network connection and try again.{kept}") from None
-                    delay = min(max(backoff * 2 ** (attempt - 1), failure.retry_after), _MAX_DELAY)
-                    _log.warning("Download of %s failed (%s); retry %d of %d in %.1f s", url, failure.reason,
-                                 attempt, retries, delay)
-                    _sleep(delay, cancel, url)
+            _fetch_with_retries(url, partial, size_bytes, progress, cancel, (connect_timeout, read_timeout),
+                                retries, backoff)
         _verify(partial, sha256, size_bytes, url)
         os.replace(partial, destination)
     return destination

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..anatomy import ANATOMICAL_STRUCTURE, SYNAPSE_ORGANS, OrganLabel
 from ..atomic_files import write_text_atomic
 from ..errors import ModelNotFoundError, RegistryError
 from ..resources import models_dir, registry_path
+from .url_policy import is_registry_location
 
 __all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "validate_registry_data",
            "url_is_allowed", "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",
@@ -38,7 +38,6 @@ SCHEMA_FILE_NAME = "registry.schema.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _ORIENTATION = re.compile(r"^[LRAPSI]{3}$")
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _TOP_KEYS = {"$schema", "schema_version", "default_model_id", "models"}
 _MODEL_REQUIRED = ("id", "title", "version", "description", "architecture", "file", "size_bytes", "sha256",
@@ -228,15 +227,7 @@ def url_is_allowed(url: str) -> bool:
 
     Relative paths resolve against the registry's folder and may not leave it.
     """
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme:
-        path = PurePosixPath(url.replace("\\", "/"))
-        return bool(url) and not path.is_absolute() and ".." not in path.parts and ":" not in url
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    if parts.scheme == "http":
-        return parts.hostname in _LOCAL_HOSTS
-    return parts.scheme == "file" and bool(parts.path)
+    return is_registry_location(url)
 
 
 def _coded(value: Any, path: str) -> Dict[str, str]:
