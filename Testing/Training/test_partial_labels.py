@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,38 @@ def test_label_constrained_kd_takes_unlabelled_organs_from_the_teacher(labels):
     spleen = teacher.clone()
     spleen[:, SPLEEN][target != LIVER] += 5.0
     assert abs(kd(student, spleen, target).item() - kd(student, teacher, target).item()) > 1e-2
+
+
+def test_datalist_entries_expand_to_cases_with_their_labelled_organs(shared_data, tmp_path):
+    from kdseg_train.data.datalist_entries import expand_entries, parse_labeled
+
+    ts = shared_data / "ct" / "totalsegmentator_example"
+    (tmp_path / "datalist.json").write_text(json.dumps({
+        "layout": "msd", "licence": "CC BY-SA 4.0",
+        "training": [{"name": "liver_3", "image": str(ts / "example_ct_sm.nii.gz"), "label": "labels/liver_3.nii.gz",
+                      "labeled": ["liver"]}]}))
+    entry = {"datalist": str(tmp_path / "datalist.json"), "split": "training", "slices": [0.0, 0.5]}
+    other = {"image": "a.nii.gz", "label": "b.nii.gz"}
+    assert expand_entries([entry, other]) == [
+        {"name": "liver_3", "image": str(ts / "example_ct_sm.nii.gz"), "label": str(tmp_path / "labels" / "liver_3.nii.gz"),
+         "remap": "identity", "labeled": ["liver"], "slices": [0.0, 0.5]}, other]
+    with pytest.raises(ValueError, match=r"has no 'validation' cases \(it has: training\)"):
+        expand_entries([dict(entry, split="validation")])
+    assert parse_labeled(["liver", "spleen"]) == (5, 7) and parse_labeled([3, "4"]) == (3, 4)
+    assert parse_labeled(None) is None
+    with pytest.raises(ValueError, match="unknown organ 'livr'"):
+        parse_labeled(["livr"])
+
+
+def test_slice_dataset_trains_a_liver_only_case_on_merged_background(labels):
+    from kdseg_train.data import AxialSliceDataset, CTVolume
+
+    liver = np.where(labels == LIVER, LIVER, 0).astype(np.uint8)
+    volume = CTVolume("liver_only", np.zeros(labels.shape, np.float32), liver, (3.0, 3.0, 3.0), labeled=(LIVER,))
+    full = CTVolume("full", np.zeros(labels.shape, np.float32), labels, (3.0, 3.0, 3.0))
+    dataset = AxialSliceDataset([volume, full], img_size=64, augment=False)
+    _, partial_label = dataset[0]
+    _, full_label = dataset[len(labels)]
+    assert set(torch.unique(partial_label).tolist()) <= {LIVER, MERGED_BASE + 0b111011110}
+    assert (partial_label >= MERGED_BASE).any() and (partial_label == LIVER).any()
+    assert int(full_label.max()) <= 8 and volume.slice_range(0.0, 0.5).labeled == (LIVER,)

@@ -44,6 +44,9 @@ class CTVolume:
             (Synapse arrays).
         first_slice: index in the source volume of ``image[0]`` (non-zero after
             :meth:`slice_range`).
+        labeled: organ ids the case annotates when it labels only some of them (its
+            background then means "none of these"; training encodes it with
+            :func:`~kdseg_train.data.partial_targets.encode_partial_labels`); None: all.
     """
 
     name: str
@@ -51,6 +54,7 @@ class CTVolume:
     labels: np.ndarray
     spacing_zyx: Tuple[float, float, float]
     first_slice: int = 0
+    labeled: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
         if self.image.shape != self.labels.shape or self.image.ndim != 3:
@@ -74,7 +78,7 @@ class CTVolume:
         if a == b:
             raise ValueError(f"case {self.name}: slice range [{start}, {stop}] of {self.num_slices} slices is empty")
         name = self.name if (a, b) == (0, self.num_slices) else f"{self.name}[{a}:{b}]"
-        return CTVolume(name, self.image[a:b], self.labels[a:b], self.spacing_zyx, self.first_slice + a)
+        return CTVolume(name, self.image[a:b], self.labels[a:b], self.spacing_zyx, self.first_slice + a, self.labeled)
 
 
 def read_label_on_grid(label_path: Union[str, Path], image: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:

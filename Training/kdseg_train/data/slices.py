@@ -9,6 +9,8 @@ from torch.utils.data import Dataset
 
 from .augmentation import TransUNetAugmentation, augment_slice, resize_pair
 from .ct_volumes import CTVolume
+from .label_maps import SYNAPSE_NUM_CLASSES
+from .partial_targets import encode_partial_labels
 
 __all__ = ["AxialSliceDataset", "augment_slice", "resize_pair"]
 
@@ -29,15 +31,18 @@ class AxialSliceDataset(Dataset):
             (image, label)``; it is reseeded when it has ``reseed``).
         holdout: z fractions [a, b) of every volume left out (for a validation band
             taken with ``CTVolume.slice_range(a, b)``).
+        num_classes: classes of the labels (for partially labelled volumes' targets).
 
     Returns per item:
-        image (1, S, S) float32 in [0, 1], label (S, S) int64.
+        image (1, S, S) float32 in [0, 1], label (S, S) int64 (merged-background codes of
+        :mod:`~kdseg_train.data.partial_targets` for partially labelled volumes).
     """
 
     def __init__(self, volumes: Sequence[CTVolume], img_size: int = 224, augment: bool = True, seed: int = 1234,
                  transform: Optional[TransUNetAugmentation] = None,
-                 holdout: Optional[Tuple[float, float]] = None) -> None:
+                 holdout: Optional[Tuple[float, float]] = None, num_classes: int = SYNAPSE_NUM_CLASSES) -> None:
         self.volumes = list(volumes)
+        self.num_classes = int(num_classes)
         if not self.volumes:
             raise ValueError("no volumes to take training slices from")
         self.transform = transform if transform is not None else TransUNetAugmentation(img_size, augment, seed=seed)
@@ -66,4 +71,8 @@ class AxialSliceDataset(Dataset):
         v, z = self.index[i]
         if hasattr(self.transform, "reseed"):
             self.transform.reseed(self.epoch, i)
-        return self.transform(self.volumes[v].image[z], self.volumes[v].labels[z])
+        volume = self.volumes[v]
+        image, label = self.transform(volume.image[z], volume.labels[z])
+        if volume.labeled is not None:  # a partially labelled case: background becomes merged background
+            label = torch.from_numpy(encode_partial_labels(label.numpy(), volume.labeled, self.num_classes))
+        return image, label
