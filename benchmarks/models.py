@@ -1,6 +1,6 @@
-"""CPU latency of the teacher vs each student per 224x224 slice, PyTorch and ONNX Runtime, in one run.
+"""CPU latency of the teacher vs each student per slice, PyTorch and ONNX Runtime, in one run.
 
-    python benchmarks/models.py [--repeats 5] [--batches 1 16] [--threads 2]
+    python benchmarks/models.py [--img-size 128] [--repeats 5] [--batches 1 8] [--threads 2]
                                 [--models teacher-r50-b16 student-shsa student-mhsa] [--json out.json]
 
 For every model: parameters, MACs (torch.utils.flop_counter / 2), median latency per slice
@@ -31,7 +31,7 @@ from kdseg_train.export import export_onnx
 from kdseg_train.models import create_model
 from kdseg_train.models.cost import MAC_CONVENTION, count_macs, count_parameters
 
-IMG = 224
+IMG = 128  # the shipped input grid (TransUNet on Synapse uses 224: --img-size 224)
 
 
 def cpu_name() -> str:
@@ -61,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["teacher-r50-b16", "student-shsa", "student-mhsa"],
                         help="the first one is the reference the ratios divide by")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--img-size", type=int, default=IMG, help="square input size S")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per model, runtime and batch")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="intra-op threads for both PyTorch and ONNX Runtime")
@@ -69,6 +70,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    img = args.img_size
     print(f"{cpu_name()}; torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads")
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048x2048 torch.matmul, best of 3): {peak:.1f} GFLOP/s")
@@ -79,17 +81,17 @@ def main() -> None:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     torch.manual_seed(0)
-    inputs = {b: torch.rand(b, 1, IMG, IMG) for b in args.batches}
+    inputs = {b: torch.rand(b, 1, img, img) for b in args.batches}
     rows: List[Dict[str, object]] = []
     runners: Dict[str, Callable[[int], None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            model = create_model(name, img_size=IMG).eval()
+            model = create_model(name, img_size=img).eval()
             start = time.perf_counter()
-            onnx_path = export_onnx(model, Path(tmp) / f"{name}.onnx", IMG)
+            onnx_path = export_onnx(model, Path(tmp) / f"{name}.onnx", img)
             export_s = time.perf_counter() - start
             session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            rows.append({"name": name, "params": count_parameters(model), "macs": count_macs(model, IMG),
+            rows.append({"name": name, "params": count_parameters(model), "macs": count_macs(model, img),
                          "onnx_mb": onnx_path.stat().st_size / 1e6, "export_s": export_s})
 
             def run_torch(b: int, model=model) -> None:
@@ -118,7 +120,7 @@ def main() -> None:
             for rt in ("torch", "ort"):
                 row[f"{rt}_b{batch}_ms"] = 1e3 * float(np.median(times[f"{row['name']}/{rt}/b{batch}"]))
     ref = rows[0]
-    print(f"\nmedian latency per {IMG}x{IMG} slice (ms) over {args.repeats} interleaved repeats")
+    print(f"\nmedian latency per {img}x{img} slice (ms) over {args.repeats} interleaved repeats")
     print(f"{'model':<18}{'params M':>10}{'GMACs':>8}{'ONNX MB':>9}" + "".join(
         f"{f'{rt} b{b}':>12}" for b in args.batches for rt in ("torch", "ort")))
     for row in rows:
@@ -142,7 +144,7 @@ def main() -> None:
         f"{r['name']} {ref['macs'] / r['macs']:.1f}x" for r in rows[1:]))
     if args.json:
         args.json.write_text(json.dumps({"cpu": cpu_name(), "threads": args.threads, "matmul_peak_gflops": peak,
-                                         "img_size": IMG, "repeats": args.repeats, "models": rows}, indent=2),
+                                         "img_size": img, "repeats": args.repeats, "models": rows}, indent=2),
                              encoding="utf-8")
         print(f"figures written to {args.json}")
 

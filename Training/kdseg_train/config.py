@@ -26,6 +26,9 @@ DEFAULTS: Dict[str, Any] = {
         "num_classes": 9,
         "img_size": DEFAULT_INPUT_SIZE,
         "in_channels": 1,
+        # mm per model pixel: slices are resampled to this spacing and centre-cropped/padded to
+        # img_size (physical-size input, KDSegmentationLib.inference.model_grid); None: TransUNet's resize
+        "pixel_spacing_mm": None,
         "pretrained": None,  # R50+ViT-B_16.npz (ImageNet-21k) for the teacher
         "overrides": {},  # architecture fields, e.g. {dropout: 0.0}
     },
@@ -35,6 +38,11 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 24,  # global batch: split over the processes of a torchrun job
         "num_workers": 0,
         "augment": True,
+        # transunet: rot90/flip or rotation, then resize (the paper) | tiny_data: zoom, rotation,
+        # translation, elastic and intensity on the model grid (kdseg_train.data.tiny_data_augmentation)
+        "augmentation": "transunet",
+        "sampling": "uniform",  # uniform (epoch permutations) | class_balanced (kdseg_train.balanced_batch_plan)
+        "canvas_margin": 32,  # tiny_data: model-grid pixels kept around the model input for zoom-out/translation
         "hu_window": list(DEFAULT_HU_WINDOW),
     },
     "loss": {"ce_weight": 0.5, "dice_weight": 0.5},

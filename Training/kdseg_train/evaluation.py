@@ -97,6 +97,7 @@ def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
     Returns:
         The report as a JSON-serialisable dict (``cases``, ``summary``, ``model``, ...).
     """
+    from .run_data import model_grid
     from .volume_inference import predict_case
 
     if backend not in ("onnx", "pytorch"):
@@ -134,7 +135,8 @@ def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
                 pred = _predict_onnx(segmenter, case, hu_window, bool(ev.get("postprocess", False)),
                                      int(ev.get("batch_size", 8)))
             else:
-                pred = predict_case(model, case.image, img_size, int(ev.get("batch_size", 8)))
+                pred = predict_case(model, case.image, model_grid(dict(config["model"], img_size=img_size)),
+                                    int(ev.get("batch_size", 8)), spacing_yx=case.spacing_zyx[1:])
             tu = transunet_case_metrics(pred, case.labels, case.organs)
             ph = physical_case_metrics(pred, case.labels, case.organs, case.spacing_zyx)
             results[case.name] = {

@@ -21,9 +21,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from .data import AxialSliceDataset, CTVolume, load_ct_volume
+from KDSegmentationLib.inference.model_grid import ModelGrid
 
-__all__ = ["EvaluationCase", "entry_format", "load_cases", "build_training_dataset"]
+from .data import AxialSliceDataset, CTVolume, load_ct_volume
+from .data.grid_slices import GridSliceDataset
+from .data.tiny_data_augmentation import TinyDataAugmentation
+
+__all__ = ["EvaluationCase", "entry_format", "load_cases", "build_training_dataset", "model_grid", "AUGMENTATIONS"]
 
 FORMATS = ("nifti", "synapse", "cataract1k")
 
@@ -138,16 +142,38 @@ class _EpochConcat(ConcatDataset):
                 dataset.set_epoch(epoch)
 
 
+AUGMENTATIONS = ("transunet", "tiny_data")
+
+
+def model_grid(model: Dict[str, Any]) -> ModelGrid:
+    """The input grid a ``model:`` section defines (``img_size`` square, ``pixel_spacing_mm`` or resize mode)."""
+    size = int(model["img_size"])
+    spacing = model.get("pixel_spacing_mm")
+    return ModelGrid(size, size, None if spacing is None else float(spacing))
+
+
 def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int, seed: int,
-                           volumes: Optional[List[EvaluationCase]] = None) -> Dataset:
-    """The training dataset of ``data.train`` (CT slices with TransUNet augmentation, or frames).
+                           volumes: Optional[List[EvaluationCase]] = None,
+                           grid: Optional[ModelGrid] = None) -> Dataset:
+    """The training dataset of ``data.train`` (CT slices, or frames).
+
+    ``data.augmentation: transunet`` resizes each slice with TransUNet's augmentation
+    (resize mode only); ``tiny_data`` puts CT slices on ``grid`` (physical-size or resize
+    mode, exactly as the Lib) and augments them with :class:`TinyDataAugmentation`.
 
     Returns a dataset whose items are (image (C, S, S) float32, label (S, S) int64) and
-    whose augmentation is seeded by (seed, epoch, index) through ``set_epoch``.
+    whose augmentation is seeded by (seed, key, index) through ``set_epoch``.
     """
     entries = data.get("train") or []
     if not entries:
         raise ValueError("data.train lists no cases; add image/label entries (see Training/README.md)")
+    grid = grid if grid is not None else ModelGrid(img_size, img_size)
+    augmentation = data.get("augmentation", "transunet")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
+    if grid.physical and augmentation == "transunet":
+        raise ValueError("model.pixel_spacing_mm is set but data.augmentation is transunet, which resizes every "
+                         "slice to the grid; set data.augmentation=tiny_data (or model.pixel_spacing_mm=null)")
     augment = bool(data.get("augment", True))
     parts: List[Dataset] = []
     ct_volumes: List[CTVolume] = []
@@ -156,12 +182,17 @@ def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int
         if fmt == "cataract1k":
             from .data.cataract import Cataract1KDataset
 
+            if augmentation != "transunet":
+                raise ValueError("data.augmentation tiny_data is for CT slices; Cataract-1K frames use transunet")
             parts.append(Cataract1KDataset(Path(entry["root"]), entry.get("split", "train"),
                                            entry.get("task", "instrument"), img_size=img_size, augment=augment,
                                            seed=seed))
         else:
             for case in _ct_cases(entry, fmt, data["hu_window"], num_classes):
                 ct_volumes.append(CTVolume(case.name, case.image, case.labels, case.spacing_zyx))
-    if ct_volumes:
+    if ct_volumes and augmentation == "tiny_data":
+        parts.insert(0, GridSliceDataset(ct_volumes, grid, TinyDataAugmentation(img_size, augment, seed=seed),
+                                         int(data.get("canvas_margin", 32))))
+    elif ct_volumes:
         parts.insert(0, AxialSliceDataset(ct_volumes, img_size, augment, seed))
     return parts[0] if len(parts) == 1 else _EpochConcat(parts)

@@ -31,13 +31,14 @@ from torch.utils.data import DataLoader
 
 from KDSegmentationLib.atomic_files import write_text_atomic
 
+from .balanced_batch_plan import BalancedBatchPlan
 from .batch_plan import BatchPlan, EpochIndexedDataset
 from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, load_checkpoint,
                          restore_rng_state, save_checkpoint)
 from .config import save_config
 from .distributed import DistributedContext, init_distributed, select_device
 from .metrics import validation_dice
-from .run_data import EvaluationCase, build_training_dataset, load_cases
+from .run_data import EvaluationCase, build_training_dataset, load_cases, model_grid
 from .run_logs import CsvLog, open_tensorboard
 from .volume_inference import predict_case
 
@@ -49,6 +50,9 @@ _log = logging.getLogger("kdseg_train")
 # Config sections that must not change between a run and its resume.
 _FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill")
 _FREE_DATA_KEYS = ("num_workers",)
+SAMPLINGS = ("uniform", "class_balanced")
+# distill keys that configure where the teacher's signal comes from, not a loss term.
+_DISTILL_SETTINGS = ("teacher", "logit_cache")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -99,7 +103,7 @@ def load_teacher(path: Path) -> nn.Module:
 def _build_criterion(cfg: Dict[str, Any], student: nn.Module, teacher: nn.Module, num_classes: int) -> nn.Module:
     from .losses import DistillationCriterion
 
-    terms = {k: v for k, v in cfg.items() if k != "teacher"}
+    terms = {k: v for k, v in cfg.items() if k not in _DISTILL_SETTINGS}
     criterion = DistillationCriterion(terms, student, teacher, num_classes)
     if not list(criterion.terms):
         raise ValueError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight=0.5); "
@@ -191,6 +195,10 @@ class Trainer:
         self.seed = int(train_cfg["seed"])
         self.img_size = int(model_cfg["img_size"])
         self.num_classes = int(model_cfg["num_classes"])
+        self.grid = model_grid(model_cfg)
+        self.sampling = str(data_cfg.get("sampling", "uniform"))
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
 
         torch.manual_seed(self.seed)
         model = build_model(model_cfg)
@@ -205,6 +213,7 @@ class Trainer:
                 raise ValueError(f"the teacher was trained at {self.teacher.img_size} px and the student is configured "
                                  f"for {self.img_size} px; both see the same batch, so set model.img_size="
                                  f"{self.teacher.img_size}")
+            _check_teacher_grid(Path(config["distill"]["teacher"]), model_cfg)
             criterion = _build_criterion(config["distill"], model, self.teacher, self.num_classes)
         from .losses import SegmentationLoss
 
@@ -226,22 +235,66 @@ class Trainer:
             self.optimizer, lambda step: max(0.0, 1.0 - step / self.max_steps) ** power)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
-        self.dataset = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed)
+        self.dataset = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed, grid=self.grid)
+        if self.sampling == "class_balanced" and not hasattr(self.dataset, "organ_presence"):
+            raise ValueError("data.sampling class_balanced needs CT slices on the model grid: set "
+                             "data.augmentation=tiny_data")
+        self.cached_logits = False
+        if criterion is not None:
+            self.cached_logits = self._use_logit_cache(config["distill"], criterion)
         self.val_cases: List[EvaluationCase] = (
             load_cases(data_cfg.get("val") or [], data_cfg["hu_window"], self.num_classes, self.img_size)
             if self.ctx.is_main else [])
         self.global_batch = int(data_cfg["batch_size"])
         # Checked now, before the run folder is created: batch size vs data and process count.
-        BatchPlan(len(self.dataset), self.global_batch, self.seed, 0, self.max_steps, self.ctx.rank,
-                  self.ctx.world_size)
+        self._batch_plan(0)
         self._stop_signal: Optional[int] = None
         self._wall_before = 0.0
         self._cpu_before = 0.0
 
     # -- pieces ---------------------------------------------------------------------------
-    def _loader(self, start_step: int) -> DataLoader:
-        plan = BatchPlan(len(self.dataset), self.global_batch, self.seed, start_step, self.max_steps,
+    def _use_logit_cache(self, distill_cfg: Dict[str, Any], criterion: nn.Module) -> bool:
+        """Replace the teacher's forward pass by its cached logits when every active term reads logits only.
+
+        ``distill.logit_cache``: ``auto`` (default) uses the cache when possible, ``false``
+        never, or a folder for the cache (default ``<teacher>/logit_cache``).
+        """
+        from .logit_cache import load_or_build_logit_cache
+        from .losses import LOGIT_TERMS
+
+        setting = distill_cfg.get("logit_cache", "auto")
+        if setting in (False, "false", "off", None):
+            return False
+        logit_only = all(name in LOGIT_TERMS for name in criterion.terms) and not criterion.needs_features
+        if not logit_only or not hasattr(self.dataset, "attach_logits"):
+            if setting not in ("auto", True, "true", "on"):
+                raise ValueError(f"distill.logit_cache {setting!r}: cached logits serve only "
+                                 f"{', '.join(LOGIT_TERMS)} on data.augmentation=tiny_data; the active terms "
+                                 f"{sorted(criterion.terms)} need the teacher's forward pass (set logit_cache=auto)")
+            return False
+        teacher_dir = Path(distill_cfg["teacher"])
+        folder = teacher_dir / "logit_cache" if setting in ("auto", True, "true", "on") else Path(str(setting))
+        build = dict(teacher=self.teacher, teacher_dir=teacher_dir, model_inputs=self.dataset.model_inputs(),
+                     data_fingerprint=self.dataset.fingerprint(), folder=folder,
+                     batch_size=int(self.config["data"]["batch_size"]), device=self.device)
+        if self.ctx.is_main:
+            logits = load_or_build_logit_cache(**build)
+        self.ctx.barrier()
+        if not self.ctx.is_main:
+            logits = load_or_build_logit_cache(**build)
+        self.dataset.attach_logits(logits)
+        self.teacher = None  # not needed any more: every step reads the cache
+        return True
+
+    def _batch_plan(self, start_step: int):
+        if self.sampling == "class_balanced":
+            return BalancedBatchPlan(self.dataset.organ_presence(self.num_classes), self.global_batch, self.seed,
+                                     start_step, self.max_steps, self.ctx.rank, self.ctx.world_size)
+        return BatchPlan(len(self.dataset), self.global_batch, self.seed, start_step, self.max_steps,
                          self.ctx.rank, self.ctx.world_size)
+
+    def _loader(self, start_step: int) -> DataLoader:
+        plan = self._batch_plan(start_step)
         workers = int(self.config["data"].get("num_workers", 0))
         return DataLoader(EpochIndexedDataset(self.dataset), batch_sampler=plan, num_workers=workers,
                           pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
@@ -267,14 +320,26 @@ class Trainer:
         return nn.parallel.DistributedDataParallel(
             self.objective, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def forward_backward(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor
-                         ) -> Dict[str, torch.Tensor]:
-        """Loss terms of one batch with gradients accumulated into the parameters (scaled under fp16 AMP)."""
+    def forward_backward(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                         teacher_logits: Optional[torch.Tensor] = None,
+                         teacher_valid: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Loss terms of one batch with gradients accumulated into the parameters (scaled under fp16 AMP).
+
+        Args:
+            images (B, C, S, S), labels (B, S, S): the batch.
+            teacher_logits (B, K, S, S), teacher_valid (B, S, S): cached teacher logits moved with the
+                augmentation (then the teacher does not run), or None.
+        """
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         teacher_out = None
         with self._autocast():
-            if self.teacher is not None:
+            if teacher_logits is not None:
+                from .losses import CachedTeacherLogits
+
+                teacher_out = CachedTeacherLogits(teacher_logits.to(self.device, non_blocking=True),
+                                                  None if teacher_valid is None else teacher_valid.to(self.device))
+            elif self.teacher is not None:
                 with torch.no_grad():
                     features = self.objective.needs_features
                     teacher_out = self.teacher(images, return_features=features) if features else self.teacher(images)
@@ -283,8 +348,8 @@ class Trainer:
         self.scaler.scale(terms["total"]).backward()
         return terms
 
-    def _step(self, engine: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-        terms = self.forward_backward(engine, images, labels)
+    def _step(self, engine: nn.Module, *batch: torch.Tensor) -> Dict[str, float]:
+        terms = self.forward_backward(engine, *batch)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -294,7 +359,7 @@ class Trainer:
         """Dice per case and organ on ``data.val`` (rank 0), and their mean."""
         per_case: Dict[str, Dict[int, float]] = {}
         for case in self.val_cases:
-            pred = predict_case(self.model, case.image, self.img_size, device=self.device)
+            pred = predict_case(self.model, case.image, self.grid, device=self.device, spacing_yx=case.spacing_zyx[1:])
             scores = validation_dice(pred, case.labels, self.num_classes)
             per_case[case.name] = {k: v for k, v in scores.items() if k in case.organs}
         values = [v for scores in per_case.values() for v in scores.values()]
@@ -429,9 +494,9 @@ class Trainer:
         try:
             loader = self._loader(step)
             plan = loader.batch_sampler
-            for images, labels in loader:
+            for batch in loader:
                 lr = self.optimizer.param_groups[0]["lr"]
-                values = self._step(engine, images, labels)
+                values = self._step(engine, *batch)
                 step += 1
                 if not math.isfinite(values["total"]):
                     raise FloatingPointError(f"the loss became {values['total']} at step {step}; lower optim.lr "
@@ -523,11 +588,24 @@ class Trainer:
         if (self.out / "val_log.csv").is_file():
             plot_validation_curve(self.out / "val_log.csv", figures / "validation_curve.png")
         for case in self.val_cases:
-            pred = predict_case(self.model, case.image, self.img_size, device=self.device)
+            pred = predict_case(self.model, case.image, self.grid, device=self.device, spacing_yx=case.spacing_zyx[1:])
             annotated = ((case.labels > 0) & (case.labels != 255)).sum(axis=(1, 2))
             z = int(np.argmax(annotated))
             save_overlay(case.image[z], pred[z], figures / f"overlay_{_file_safe(case.name)}.png", case.labels[z],
                          f"{case.name} z={z}")
+
+
+def _check_teacher_grid(teacher_dir: Path, model_cfg: Dict[str, Any]) -> None:
+    """Refuse a teacher whose run config puts slices on another grid than the student's."""
+    saved = teacher_dir / "config.yaml"
+    if not saved.is_file():
+        return  # an export folder: its config.json records the size only (checked by the caller)
+    teacher_model = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model") or {}
+    theirs, ours = teacher_model.get("pixel_spacing_mm"), model_cfg.get("pixel_spacing_mm")
+    if theirs != ours:
+        raise ValueError(f"the teacher in {teacher_dir} was trained with model.pixel_spacing_mm={theirs} and the "
+                         f"student is configured with {ours}; both must see the same slices, so set "
+                         f"model.pixel_spacing_mm={theirs}")
 
 
 def _worker_init(worker_id: int) -> None:

@@ -10,7 +10,8 @@ from .attention_kd import AttentionMapDistillation, layer_mapping
 from .channel_kd import ChannelWiseDistillation
 from .contourlet import (ContourletDecomposition, ContourletDistillation, ContourletTextureBranch,
                          DirectionalFilterBank, LaplacianPyramid)
-from .distillation import DISTILLATION_TERMS, DistillationCriterion, FeatureDims, build_distillation, select_feature
+from .distillation import (DISTILLATION_TERMS, LOGIT_TERMS, CachedTeacherLogits, DistillationCriterion, FeatureDims,
+                           build_distillation, select_feature)
 from .emkd import ImportanceMapDistillation, RegionAffinityDistillation, importance_map
 from .pairwise_kd import PairwiseAffinityDistillation, pairwise_affinity
 from .pixel_kd import PixelKLDivergence
@@ -25,4 +26,4 @@ __all__ = ["SegmentationLoss", "PixelKLDivergence", "AttentionMapDistillation", 
            "TokenSequenceDistillation", "TokenRankingDistillation", "token_importance",
            "SpaceChannelCascadeDistillation", "spatial_attention", "LaplacianPyramid", "DirectionalFilterBank",
            "ContourletDecomposition", "ContourletTextureBranch", "ContourletDistillation",
-           "DISTILLATION_TERMS", "DistillationCriterion", "FeatureDims", "build_distillation", "select_feature"]
+           "DISTILLATION_TERMS", "LOGIT_TERMS", "CachedTeacherLogits", "DistillationCriterion", "FeatureDims", "build_distillation", "select_feature"]

@@ -20,7 +20,7 @@ coarsest first) or ``encoder`` (CNN map before the patch embedding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -36,7 +36,8 @@ from .ranking_kd import TokenRankingDistillation
 from .sccf import SpaceChannelCascadeDistillation
 from .token_kd import TokenSequenceDistillation
 
-__all__ = ["FeatureDims", "DISTILLATION_TERMS", "DistillationCriterion", "build_distillation", "select_feature"]
+__all__ = ["FeatureDims", "DISTILLATION_TERMS", "DistillationCriterion", "CachedTeacherLogits", "build_distillation",
+           "select_feature", "LOGIT_TERMS"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _stages(options: Dict[str, Any], count: int) -> Sequence[int]:
 _REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
     "pixel_kd": (
         lambda o, s, t: PixelKLDivergence(float(o.get("temperature", 4.0))),
-        lambda m, so, to, y, o: m(so.logits, to.logits), False),
+        lambda m, so, to, y, o: m(so.logits, to.logits, getattr(to, "valid", None)), False),
     "attention_kd": (
         lambda o, s, t: AttentionMapDistillation(s.depth, t.depth, o.get("pairs")),
         lambda m, so, to, y, o: m(so.attention_mean, to.attention_mean, so.grid, to.grid), True),
@@ -184,6 +185,9 @@ _OPTIONS: Dict[str, set] = {
 }
 
 DISTILLATION_TERMS = tuple(_REGISTRY)
+
+# Terms that read only the teacher's logits: cached logits can replace the teacher's forward pass.
+LOGIT_TERMS = ("pixel_kd",)
 
 
 def _as_dims(network: Union[nn.Module, FeatureDims], num_classes: Optional[int]) -> FeatureDims:
@@ -246,12 +250,18 @@ class DistillationCriterion(nn.Module):
             if self.needs_features:
                 raise ValueError(f"terms {sorted(self.terms)} need features: call the models with "
                                  "return_features=True")
-            student, teacher = _LogitsOnly(student), _LogitsOnly(teacher)
+            student = _LogitsOnly(student)
+            teacher = _LogitsOnly(teacher) if isinstance(teacher, torch.Tensor) else teacher
         values: Dict[str, torch.Tensor] = {}
+        # Every term in float32, also under CPU bfloat16 / CUDA float16 autocast: softmax ratios,
+        # KL divergences and rankings of nearly equal values lose everything in 8 mantissa bits.
+        student, teacher = _to_float32(student), _to_float32(teacher)
+        device_type = student.logits.device.type
         for name, term in self.terms.items():
             if name == "region_affinity_kd" and labels is None:
                 raise ValueError("region_affinity_kd needs the ground-truth labels")
-            value = _REGISTRY[name][1](term, student, teacher, labels, self.options[name])
+            with torch.autocast(device_type, enabled=False):
+                value = _REGISTRY[name][1](term, student, teacher, labels, self.options[name])
             values[name] = self.weights[name] * value
         total = sum(values.values()) if values else student.logits.new_zeros(())
         return total, values
@@ -264,6 +274,32 @@ def _tail(dims: FeatureDims) -> Tuple[Any, ...]:
 @dataclass
 class _LogitsOnly:
     logits: torch.Tensor
+
+
+@dataclass
+class CachedTeacherLogits:
+    """Teacher logits read from the logit cache and moved with the augmentation.
+
+    Attributes:
+        logits: (B, K, S, S).
+        valid: (B, S, S) bool, pixels the cached map covers after the augmentation.
+    """
+
+    logits: torch.Tensor
+    valid: Optional[torch.Tensor] = None
+
+
+def _to_float32(value: Any) -> Any:
+    """Floating tensors in ``value`` (a tensor, list, tuple or dataclass of them) as float32; the rest unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if isinstance(value, list):
+        return [_to_float32(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_to_float32(v) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return replace(value, **{f.name: _to_float32(getattr(value, f.name)) for f in fields(value)})
+    return value
 
 
 def build_distillation(cfg: Mapping[str, Any], student_dims: Union[nn.Module, FeatureDims],

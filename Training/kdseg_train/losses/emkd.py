@@ -51,8 +51,9 @@ def _prototype_affinity(features: torch.Tensor, labels: torch.Tensor, num_classe
     """Cosine matrix between class prototypes and the mask of classes present, per sample."""
     lab = F.interpolate(labels[:, None].float(), size=features.shape[-2:], mode="nearest")[:, 0].long()
     valid = lab != IGNORE_INDEX
-    onehot = F.one_hot(torch.where(valid, lab, torch.zeros_like(lab)), num_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None]
+    # In the features' dtype (float64, float32 or half), so the einsum below never mixes dtypes.
+    onehot = F.one_hot(torch.where(valid, lab, torch.zeros_like(lab)), num_classes).permute(0, 3, 1, 2)
+    onehot = onehot.to(features.dtype) * valid[:, None].to(features.dtype)
     counts = onehot.sum(dim=(2, 3))  # (B, K)
     protos = torch.einsum("bchw,bkhw->bkc", features, onehot) / counts.clamp_min(1)[..., None]
     protos = F.normalize(protos, dim=-1)
@@ -71,10 +72,15 @@ class RegionAffinityDistillation(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # At least float32 inside (half cannot hold the normalisation's eps), the input's dtype out.
+        work = torch.promote_types(student.dtype, torch.float32)
+        return self._loss(student.to(work), teacher.detach().to(work), labels).to(student.dtype)
+
+    def _loss(self, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         c_s, present = _prototype_affinity(student, labels, self.num_classes)
-        c_t, _ = _prototype_affinity(teacher.detach(), labels, self.num_classes)
-        pair = (present[:, :, None] & present[:, None, :]).float()
-        pair = pair * (1 - torch.eye(self.num_classes, device=pair.device))
+        c_t, _ = _prototype_affinity(teacher, labels, self.num_classes)
+        pair = (present[:, :, None] & present[:, None, :]).to(c_s.dtype)
+        pair = pair * (1 - torch.eye(self.num_classes, device=pair.device, dtype=c_s.dtype))
         if pair.sum() == 0:
             return student.sum() * 0.0
         return ((c_s - c_t) ** 2 * pair).sum() / pair.sum()

@@ -1,0 +1,305 @@
+"""Where the model's input pixels lie on an axial slice: resize mode and physical-size mode.
+
+Two ways to put an ``(n_y, n_x)`` slice of pixel spacing ``(s_y, s_x)`` mm onto a model
+grid of ``(S_y, S_x)`` pixels:
+
+- **resize** (TransUNet; model cards without ``input.pixel_spacing_mm``): the slice's field
+  of view is stretched edge to edge onto the grid, so an organ's size in model pixels
+  depends on the scanner's field of view;
+- **physical size** (``input.pixel_spacing_mm`` = p): the grid has p mm pixels and its
+  centre is the slice's centre, so an organ has the same size in model pixels on every
+  scanner; a field of view larger than ``S * p`` is centre-cropped, a smaller one padded
+  with the window's low end (value 0 after ``window_to_unit``, i.e. air).
+
+Both are one formula: model pixel ``j`` samples slice position (pixel centres at integers)
+
+    x(j) = (j - (S - 1) / 2) * p / s + (n - 1) / 2,
+
+with p = n * s / S in resize mode, which is ``(j + 0.5) * n / S - 0.5``: edge-aligned
+resizing. Sampling is linear, clamped within half a pixel of the slice edge, ``fill``
+outside it. Going back, slice pixel ``i`` reads the model's class scores at
+``(i - (n - 1) / 2) * s / p + (S - 1) / 2``; slice pixels the grid does not cover are
+background.
+
+When a physical-size grid is coarser than the slice (e.g. 0.7 mm CT onto 3 mm pixels),
+linear sampling alone would alias noise and thin structures; the slice is first blurred
+with a Gaussian of sigma ``(p / s - 1) / 2`` pixels per axis (scikit-image's
+anti-aliasing rule), the same in training and at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["AxisTaps", "ModelGrid", "axis_positions", "axis_taps", "sample_slices", "sample_labels",
+           "antialias_slices", "argmax_sampled"]
+
+
+def axis_positions(n_in: int, spacing_in: float, n_out: int, spacing_out: float) -> np.ndarray:
+    """Input positions (pixel centres at integers) of the ``n_out`` output pixel centres, centres aligned.
+
+    Args:
+        n_in: input pixels along the axis.
+        spacing_in: input pixel size (any unit, same as ``spacing_out``).
+        n_out: output pixels.
+        spacing_out: output pixel size.
+
+    Returns:
+        float64 array (n_out,).
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"axis lengths must be >= 1, got n_in={n_in}, n_out={n_out}")
+    if not (spacing_in > 0 and spacing_out > 0):
+        raise ValueError(f"pixel spacings must be positive, got {spacing_in} and {spacing_out}")
+    return (np.arange(n_out, dtype=np.float64) - (n_out - 1) / 2.0) * (spacing_out / spacing_in) + (n_in - 1) / 2.0
+
+
+@dataclass(frozen=True)
+class AxisTaps:
+    """Linear-interpolation taps along one axis: output = ``(1 - w) * x[lo] + w * x[hi]`` where ``inside``.
+
+    Attributes:
+        lo, hi: (n_out,) source indices.
+        w: (n_out,) float32 weight of ``hi``.
+        inside: (n_out,) bool, False where the position lies more than half a pixel outside the source.
+        nearest: (n_out,) source index of the nearest pixel (label sampling).
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    w: np.ndarray
+    inside: np.ndarray
+    nearest: np.ndarray
+
+
+def axis_taps(positions: np.ndarray, n_in: int) -> AxisTaps:
+    """Taps reading ``positions`` (from :func:`axis_positions`) of an ``n_in``-pixel axis."""
+    positions = np.asarray(positions, dtype=np.float64)
+    inside = (positions >= -0.5) & (positions <= n_in - 0.5)
+    clamped = np.clip(positions, 0.0, n_in - 1)
+    lo = np.floor(clamped).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    nearest = np.clip(np.floor(positions + 0.5), 0, n_in - 1).astype(np.intp)
+    return AxisTaps(lo, hi, (clamped - lo).astype(np.float32), inside, nearest)
+
+
+def _blend_axis(array: np.ndarray, axis: int, taps: AxisTaps) -> np.ndarray:
+    shape = [1] * array.ndim
+    shape[axis] = taps.lo.size
+    out = np.take(array, taps.lo, axis=axis)
+    out += (np.take(array, taps.hi, axis=axis) - out) * taps.w.reshape(shape)
+    return out
+
+
+def sample_slices(slices: np.ndarray, taps_y: AxisTaps, taps_x: AxisTaps, fill: float = 0.0) -> np.ndarray:
+    """Linear sampling of ``(..., H, W)`` slices at the taps' positions; ``fill`` outside. float32 result."""
+    source = np.asarray(slices, dtype=np.float32)
+    out = _blend_axis(source, source.ndim - 2, taps_y)
+    out = _blend_axis(out, out.ndim - 1, taps_x)
+    if np.may_share_memory(out, slices):
+        out = np.array(out, copy=True)
+    if not (taps_y.inside.all() and taps_x.inside.all()):
+        outside = ~(taps_y.inside[:, None] & taps_x.inside[None, :])
+        out[..., outside] = fill
+    return out
+
+
+def sample_labels(labels: np.ndarray, taps_y: AxisTaps, taps_x: AxisTaps, fill: int = 0) -> np.ndarray:
+    """Nearest-neighbour sampling of ``(..., H, W)`` label maps; ``fill`` outside. Keeps the dtype."""
+    out = np.take(np.take(labels, taps_y.nearest, axis=labels.ndim - 2), taps_x.nearest, axis=labels.ndim - 1)
+    if not (taps_y.inside.all() and taps_x.inside.all()):
+        outside = ~(taps_y.inside[:, None] & taps_x.inside[None, :])
+        out[..., outside] = fill
+    return out
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(3.0 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _smooth_axis(array: np.ndarray, axis: int, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return array
+    kernel = _gaussian_kernel(sigma)
+    radius = kernel.size // 2
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (radius, radius)
+    padded = np.pad(array, pad, mode="edge")  # edge: the border does not darken
+    n = array.shape[axis]
+    out = np.zeros_like(array)
+    for k, weight in enumerate(kernel):
+        out += weight * np.take(padded, np.arange(k, k + n), axis=axis)
+    return out
+
+
+def antialias_slices(slices: np.ndarray, factor_yx: Sequence[float]) -> np.ndarray:
+    """Gaussian blur of ``(..., H, W)`` slices before downsampling by ``factor_yx`` (sigma (f - 1) / 2 px).
+
+    Axes with factor <= 1 (upsampling or same size) are left as they are; returns float32.
+    """
+    out = np.asarray(slices, dtype=np.float32)
+    for axis, factor in zip((out.ndim - 2, out.ndim - 1), factor_yx):
+        out = _smooth_axis(out, axis, (float(factor) - 1.0) / 2.0)
+    return out
+
+
+# Above this share of pixels whose four sources disagree, interpolating every class
+# map (running maximum) is faster than interpolating pixel by pixel.
+_DENSE_BOUNDARY_FRACTION = 0.2
+
+
+def argmax_sampled(logits: np.ndarray, taps_y: AxisTaps, taps_x: AxisTaps, out: Optional[np.ndarray] = None,
+                   fill: int = 0) -> np.ndarray:
+    """Class of the largest linearly sampled score, ``sample_slices(logits, ...).argmax(1)``, ``fill`` outside.
+
+    A sampled pixel's scores are a convex combination of its four source pixels' scores.
+    Where one class wins at all four (ties going to the lower index, as with ``argmax``)
+    it wins every convex combination too, so only pixels whose sources disagree (near
+    class boundaries) are interpolated, with the arithmetic of :func:`sample_slices`.
+
+    Args:
+        logits: (N, C, h, w) scores, 1 <= C <= 256.
+        taps_y, taps_x: taps onto the output rows and columns (source length h and w).
+        out: optional (N, out_h, out_w) uint8 array to write into.
+        fill: class of output pixels outside the source (background).
+
+    Returns:
+        (N, out_h, out_w) uint8 class indices.
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) logits, got shape {logits.shape}")
+    n, classes, h, w = logits.shape
+    if not 1 <= classes <= 256:
+        raise ValueError(f"expected 1 to 256 classes, got {classes}")
+    shape = (n, taps_y.lo.size, taps_x.lo.size)
+    if out is not None and (out.shape != shape or out.dtype != np.uint8):
+        raise ValueError(f"out must be uint8 of shape {shape}, got {out.dtype} {out.shape}")
+    if int(taps_y.hi.max(initial=0)) >= h or int(taps_x.hi.max(initial=0)) >= w:
+        raise ValueError(f"taps read beyond the {h}x{w} logits")
+    source = logits.argmax(axis=1).astype(np.uint8)  # (N, h, w)
+    rows_lo, rows_hi = source[:, taps_y.lo], source[:, taps_y.hi]
+    labels = rows_lo[:, :, taps_x.lo]
+    mixed = labels != rows_lo[:, :, taps_x.hi]
+    mixed |= labels != rows_hi[:, :, taps_x.lo]
+    mixed |= labels != rows_hi[:, :, taps_x.hi]
+    if np.count_nonzero(mixed) > _DENSE_BOUNDARY_FRACTION * mixed.size:
+        # Boundaries everywhere (noise-like scores): a running maximum over whole class maps is cheaper.
+        best = sample_slices(logits[:, 0], taps_y, taps_x)
+        labels = np.zeros(best.shape, dtype=np.uint8)
+        for index in range(1, classes):
+            candidate = sample_slices(logits[:, index], taps_y, taps_x)
+            better = candidate > best
+            np.copyto(best, candidate, where=better)
+            labels[better] = index
+    else:
+        b, yy, xx = np.nonzero(mixed)
+        if b.size:
+            scores = np.ascontiguousarray(np.moveaxis(np.asarray(logits, dtype=np.float32), 1, -1))  # (N, h, w, C)
+            y0, y1, fy = taps_y.lo[yy], taps_y.hi[yy], taps_y.w[yy][:, None]
+            x0, x1, fx = taps_x.lo[xx], taps_x.hi[xx], taps_x.w[xx][:, None]
+            # y first, then x: the same operations, in the same order, as sample_slices.
+            left = scores[b, y0, x0]
+            left += (scores[b, y1, x0] - left) * fy
+            right = scores[b, y0, x1]
+            right += (scores[b, y1, x1] - right) * fy
+            left += (right - left) * fx
+            labels[b, yy, xx] = left.argmax(axis=1)
+    if not (taps_y.inside.all() and taps_x.inside.all()):
+        labels[:, ~(taps_y.inside[:, None] & taps_x.inside[None, :])] = fill
+    if out is None:
+        return labels
+    out[...] = labels
+    return out
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """The model's input grid and how slices are put on it (see the module docstring).
+
+    Args:
+        height, width: model input size in pixels (S_y, S_x).
+        pixel_spacing_mm: model pixel size in mm (physical-size mode), or None (resize mode).
+    """
+
+    height: int
+    width: int
+    pixel_spacing_mm: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"model grid must be at least 1x1 pixels, got {self.height}x{self.width}")
+        if self.pixel_spacing_mm is not None and not float(self.pixel_spacing_mm) > 0:
+            raise ValueError(f"pixel_spacing_mm must be positive (mm per model pixel), got {self.pixel_spacing_mm}")
+
+    @property
+    def physical(self) -> bool:
+        return self.pixel_spacing_mm is not None
+
+    def model_spacing(self, slice_hw: Sequence[int], spacing_yx: Sequence[float]) -> Tuple[float, float]:
+        """Model pixel size (mm) for a slice: ``pixel_spacing_mm``, or the field of view over the grid (resize)."""
+        if self.physical:
+            return float(self.pixel_spacing_mm), float(self.pixel_spacing_mm)  # type: ignore[arg-type]
+        return (slice_hw[0] * float(spacing_yx[0]) / self.height, slice_hw[1] * float(spacing_yx[1]) / self.width)
+
+    def _check(self, slice_hw: Sequence[int], spacing_yx: Sequence[float]) -> Tuple[int, int, float, float]:
+        h, w = int(slice_hw[0]), int(slice_hw[1])
+        sy, sx = float(spacing_yx[0]), float(spacing_yx[1])
+        if h < 1 or w < 1:
+            raise ValueError(f"slice must be at least 1x1 pixels, got {h}x{w}")
+        if not (sy > 0 and sx > 0):
+            raise ValueError(f"slice pixel spacing must be positive, got {tuple(spacing_yx)} mm")
+        return h, w, sy, sx
+
+    def input_taps(self, slice_hw: Sequence[int], spacing_yx: Sequence[float],
+                   size_hw: Optional[Sequence[int]] = None) -> Tuple[AxisTaps, AxisTaps]:
+        """Taps reading the slice at the model pixels (``size_hw`` overrides the grid size: a larger canvas
+        centred on the same point, used by training augmentation)."""
+        h, w, sy, sx = self._check(slice_hw, spacing_yx)
+        py, px = self.model_spacing((h, w), (sy, sx))
+        out_h, out_w = (self.height, self.width) if size_hw is None else (int(size_hw[0]), int(size_hw[1]))
+        return (axis_taps(axis_positions(h, sy, out_h, py), h), axis_taps(axis_positions(w, sx, out_w, px), w))
+
+    def output_taps(self, slice_hw: Sequence[int], spacing_yx: Sequence[float]) -> Tuple[AxisTaps, AxisTaps]:
+        """Taps reading the model's (S_y, S_x) score maps at every slice pixel."""
+        h, w, sy, sx = self._check(slice_hw, spacing_yx)
+        py, px = self.model_spacing((h, w), (sy, sx))
+        return (axis_taps(axis_positions(self.height, py, h, sy), self.height),
+                axis_taps(axis_positions(self.width, px, w, sx), self.width))
+
+    def antialias(self, slices: np.ndarray, spacing_yx: Sequence[float]) -> np.ndarray:
+        """The anti-aliasing blur of physical-size mode (none in resize mode, as TransUNet)."""
+        if not self.physical:
+            return np.asarray(slices, dtype=np.float32)
+        p = float(self.pixel_spacing_mm)  # type: ignore[arg-type]
+        return antialias_slices(slices, (p / float(spacing_yx[0]), p / float(spacing_yx[1])))
+
+    def to_model(self, slices: np.ndarray, spacing_yx: Sequence[float], size_hw: Optional[Sequence[int]] = None,
+                 fill: float = 0.0) -> np.ndarray:
+        """``(..., H, W)`` windowed slices -> ``(..., S_y, S_x)`` float32 model input.
+
+        Args:
+            slices: values in [0, 1] (``window_to_unit``).
+            spacing_yx: slice pixel size (row, column) in mm.
+            size_hw: output size other than the grid's (a centred canvas), or None.
+            fill: value outside the slice (0: below the window, like air).
+        """
+        taps_y, taps_x = self.input_taps(slices.shape[-2:], spacing_yx, size_hw)
+        return sample_slices(self.antialias(slices, spacing_yx), taps_y, taps_x, fill)
+
+    def labels_to_model(self, labels: np.ndarray, spacing_yx: Sequence[float],
+                        size_hw: Optional[Sequence[int]] = None, fill: int = 0) -> np.ndarray:
+        """``(..., H, W)`` label maps at the model pixels (nearest neighbour; ``fill`` outside the slice)."""
+        taps_y, taps_x = self.input_taps(labels.shape[-2:], spacing_yx, size_hw)
+        return sample_labels(labels, taps_y, taps_x, fill)
+
+    def argmax_to_slice(self, logits: np.ndarray, slice_hw: Sequence[int], spacing_yx: Sequence[float],
+                        out: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N, C, S_y, S_x) scores -> (N, H, W) uint8 classes on the slice grid (background outside the grid)."""
+        taps_y, taps_x = self.output_taps(slice_hw, spacing_yx)
+        return argmax_sampled(logits, taps_y, taps_x, out)
