@@ -13,7 +13,7 @@ A cache lives in ``<folder>/<key>/`` with ``logits.npy`` (float16, (N, K, S, S))
 data fingerprint (grid and every model input), so another teacher or other data gets
 another folder, and a matching folder is reused by every student. ``meta.json`` holds the
 SHA-256 of ``logits.npy``; a cache whose file does not match it is rebuilt. Folders are
-written under a temporary name and renamed.
+written with the Lib's ``atomic_directory`` (complete or absent).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from KDSegmentationLib.atomic_files import atomic_directory
 
 __all__ = ["LogitCacheError", "cache_key", "teacher_weights_file", "load_or_build_logit_cache", "file_sha256"]
 
@@ -121,20 +121,11 @@ def load_or_build_logit_cache(teacher: nn.Module, teacher_dir: Path, model_input
         return logits
     _log.warning("computing the teacher's logits on %d training slices into %s", model_inputs.shape[0], target)
     logits = _teacher_logits(teacher, model_inputs, batch_size, device)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target) as tmp:  # replaces a folder that failed verification
         np.save(tmp / "logits.npy", logits, allow_pickle=False)
         meta = {"format_version": FORMAT_VERSION, "key": key, "teacher_weights": str(weights),
                 "teacher_sha256": teacher_sha, "data_fingerprint": data_fingerprint, "shape": list(logits.shape),
                 "dtype": str(logits.dtype), "logits_sha256": file_sha256(tmp / "logits.npy")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)  # a folder that failed verification
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return logits
