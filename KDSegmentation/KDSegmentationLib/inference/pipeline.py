@@ -5,9 +5,13 @@ grid -> ONNX Runtime in batches -> each class's logits resized back to the slice
 -> argmax -> optional structure subset, largest component, hole filling -> label map
 with the input's exact size, spacing, origin and direction.
 
-Memory stays bounded for large CTs: slices are windowed and resized batch by batch,
-and at full resolution only the uint8 label map and one batch's running class
-maximum exist, never a (C, Z, Y, X) float volume. Nothing here prints or keeps
+Memory and time stay bounded for large CTs: the canonical slices are a numpy view of
+the input's voxels (no reoriented copy), the label map is allocated once in the
+input's orientation and written through the same view, slices are windowed and
+resized batch by batch, and at full resolution only the uint8 label map exists,
+never a (C, Z, Y, X) float volume. While the labels are written, each label's box is
+recorded (:class:`LabelExtents`), so post-processing and volumes work inside the
+organs' boxes instead of scanning the volume once per organ. Nothing here prints or keeps
 global state, so the Slicer module can run it in a worker thread; progress goes to
 a callback and cancellation is checked between batches.
 """
@@ -26,15 +30,16 @@ import SimpleITK as sitk
 from ..errors import RegistryError
 from ..imaging.image_files import check_output_path, check_volume_shape, read_image, write_image_atomic
 from ..imaging.intensity_checks import check_ct_intensities
-from ..imaging.orientation import CANONICAL_ORIENTATION, from_canonical, orientation_code, to_canonical
+from ..imaging.orientation import CANONICAL_ORIENTATION, CanonicalAxes, orientation_code
 from ..progress import CancelToken, ProgressCallback, Stage, report
 from ..weights.model_registry import ModelCard, ModelRegistry, load_registry
 from ..weights.resolution import resolve_weights
+from .label_extents import LabelExtents
 from .label_volumes import label_volumes_ml
 from .onnx_engine import InferenceEngine
 from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
-from .slice_resampling import argmax_resized, resize_slices
+from .slice_resampling import argmax_resized, axis_weights, resize_slices
 
 __all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "classify_slices", "segment_image",
            "segment_file", "structure_label_values"]
@@ -175,13 +180,26 @@ def _check_cancel(cancel: Optional[CancelToken]) -> None:
 
 
 def _model_input(hu_slices: np.ndarray, card: ModelCard) -> np.ndarray:
-    """(n, Y, X) HU -> (n, 1, H, W) float32 in the model's intensity range and grid."""
-    unit = window_to_unit(hu_slices, card.input.hu_window)
-    return resize_slices(unit, (card.input.height, card.input.width))[:, None]
+    """(n, Y, X) HU -> (n, 1, H, W) float32 in the model's intensity range and grid.
+
+    Equal, bit for bit, to ``resize_slices(window_to_unit(hu_slices, window), (H, W))``:
+    the window is applied voxel by voxel, so the two source rows of each model row are
+    picked first and only they are windowed (a quarter of the rows for 512 -> 128).
+    """
+    window, height = card.input.hu_window, card.input.height
+    rows = hu_slices.shape[1]
+    if rows == height:
+        unit = window_to_unit(hu_slices, window)
+    else:
+        lo, hi, weight = axis_weights(rows, height)
+        unit = window_to_unit(np.take(hu_slices, lo, axis=1), window)
+        unit += (window_to_unit(np.take(hu_slices, hi, axis=1), window) - unit) * weight[:, None]
+    return resize_slices(unit, (height, card.input.width))[:, None]
 
 
 def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[np.ndarray] = None,
-                    timings: Optional[Dict[str, float]] = None) -> np.ndarray:
+                    timings: Optional[Dict[str, float]] = None, extents: Optional[LabelExtents] = None,
+                    first_slice: int = 0) -> np.ndarray:
     """Class index of every pixel of canonical axial slices: one model call, no 3D post-processing.
 
     The per-batch step of :func:`segment_image`, also used alone by the live slice
@@ -193,6 +211,8 @@ def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[n
         out: optional (n, Y, X) uint8 array to write the class indices into.
         timings: optional dict whose "preprocess", "infer" and "postprocess" entries
             (seconds) are increased by this call's stages.
+        extents: optional boxes of the whole label map, grown to hold these slices' labels.
+        first_slice: index of ``hu_slices[0]`` in the volume ``extents`` describes.
 
     Returns:
         (n, Y, X) uint8 class indices (``out`` when given).
@@ -213,7 +233,7 @@ def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[n
                             f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
     # Class maps, not the small argmax, are interpolated so that boundaries are
     # placed at the input's resolution.
-    labels = argmax_resized(logits, (height, width), out=out)
+    labels = argmax_resized(logits, (height, width), out=out, extents=extents, first_slice=first_slice)
     if timings is not None:
         timings["preprocess"] = timings.get("preprocess", 0.0) + preprocessed - start
         timings["infer"] = timings.get("infer", 0.0) + inferred - preprocessed
@@ -250,39 +270,43 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
 
     start = time.perf_counter()
     report(progress, Stage.PREPROCESSING, 0, None, "Reorienting and checking intensities")
-    canonical = to_canonical(image)
-    hu = sitk.GetArrayViewFromImage(canonical)  # (Z, Y, X), no copy
+    axes = CanonicalAxes(image)
+    voxels = sitk.GetArrayViewFromImage(image)  # the input's own (z, y, x) array, no copy
+    hu = axes.view(voxels)  # canonical (Z, Y, X) slices, still no copy
     warnings = check_ct_intensities(hu)
     depth, height, width = hu.shape
     _log.info("Input %s %s, spacing %s mm -> %d axial slices of %dx%d, model grid %dx%d",
               orientation_code(image), image.GetSize(), tuple(round(s, 3) for s in image.GetSpacing()),
               depth, height, width, card.input.height, card.input.width)
-    labels = np.zeros((depth, height, width), dtype=np.uint8)
+    labels_in_input_order = np.zeros(voxels.shape, dtype=np.uint8)
+    labels = axes.view(labels_in_input_order)
+    extents = LabelExtents(labels.shape)
     timings["preprocess"] += time.perf_counter() - start
 
     report(progress, Stage.INFERRING, 0, depth, f"slice 0 of {depth}")
     for first in range(0, depth, options.batch_size):
         _check_cancel(cancel)
         last = min(first + options.batch_size, depth)
-        classify_slices(hu[first:last], segmenter, out=labels[first:last], timings=timings)
+        classify_slices(hu[first:last], segmenter, out=labels[first:last], timings=timings, extents=extents,
+                        first_slice=first)
         report(progress, Stage.INFERRING, last, depth, f"slice {last} of {depth}")
-    del hu
+    del hu, voxels
 
     start = time.perf_counter()
     names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
-    keep_structures(labels, keep)
+    keep_structures(labels, keep, extents)
     if options.postprocess:
         for done, value in enumerate(keep):
             _check_cancel(cancel)
             report(progress, Stage.POSTPROCESSING, done, len(keep), f"largest component of {names[value]}")
-            largest_component_and_fill(labels, [value])
+            largest_component_and_fill(labels, [value], extents)
         report(progress, Stage.POSTPROCESSING, len(keep), len(keep), "post-processing done")
     _check_cancel(cancel)
-    volumes = label_volumes_ml(labels, canonical.GetSpacing(), names)
-    label_image = sitk.GetImageFromArray(labels)
+    volumes = label_volumes_ml(labels, axes.spacing, names, extents)
     del labels
-    label_image.CopyInformation(canonical)
-    label_image = from_canonical(label_image, image)
+    label_image = sitk.GetImageFromArray(labels_in_input_order)
+    del labels_in_input_order
+    label_image.CopyInformation(image)  # written through the canonical view: already the input's grid
     timings["postprocess"] += time.perf_counter() - start
     report(progress, Stage.DONE, 1, 1, "Done")
     return SegmentationResult(label_image, volumes, timings, card.id, segmenter.engine.device, warnings)

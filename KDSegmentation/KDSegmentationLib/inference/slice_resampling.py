@@ -12,8 +12,9 @@ The tests check both equalities on real CT.
 Linear interpolation is separable, so each axis is one gather and one blend in
 numpy. Bringing class maps back to e.g. 512 x 512 is the pipeline's hot path;
 :func:`argmax_resized` does it exactly but interpolates only near class boundaries,
-never holding all C maps at full resolution (benchmarks/segment_volume.py compares
-it with resampling a C-component SimpleITK vector image).
+never holding all C maps at full resolution, and can report where each label landed
+(:class:`~KDSegmentationLib.inference.label_extents.LabelExtents`) so that
+post-processing never scans the whole volume.
 """
 
 from __future__ import annotations
@@ -83,9 +84,27 @@ def resize_channels(maps: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
     return resize_slices(maps, out_hw)
 
 
-# Above this share of pixels whose four sources disagree, interpolating every class
-# map (running maximum) is faster than interpolating pixel by pixel.
+# Above this share of model-grid cells whose four corners disagree, interpolating every
+# class map (running maximum) is faster than interpolating boundary pixels one by one.
 _DENSE_BOUNDARY_FRACTION = 0.2
+
+
+def _class_argmax(scores: np.ndarray, axis: int) -> np.ndarray:
+    """uint8 ``scores.argmax(axis)`` for finite scores (first maximum wins), as a running maximum.
+
+    One pass per class over whole maps instead of numpy's strided reduction along ``axis``.
+    """
+    take = [slice(None)] * scores.ndim
+    take[axis] = 0
+    best = np.array(scores[tuple(take)], dtype=np.float32)
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for value in range(1, scores.shape[axis]):
+        take[axis] = value
+        candidate = scores[tuple(take)]
+        better = candidate > best
+        np.copyto(best, candidate, where=better)
+        index[better] = value
+    return index
 
 
 def _argmax_running_max(logits: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
@@ -100,25 +119,61 @@ def _argmax_running_max(logits: np.ndarray, out_hw: Sequence[int]) -> np.ndarray
     return labels
 
 
-def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.ndarray] = None) -> np.ndarray:
+def _pixel_runs(lo: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
+    """For each input index i: the first output pixel whose lower tap is i, and how many there are."""
+    counts = np.bincount(lo, minlength=n_in)
+    return np.cumsum(counts) - counts, counts
+
+
+def _report_extents(extents, labels: np.ndarray, first_slice: int) -> None:
+    """Exact boxes of a full-resolution batch (the dense path)."""
+    for value in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)):
+        mask = labels == value
+        spans = [np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+        extents.include_box(int(value), (first_slice + spans[0][0], spans[1][0], spans[2][0]),
+                            (first_slice + spans[0][-1], spans[1][-1], spans[2][-1]))
+
+
+def _report_cell_extents(extents, source: np.ndarray, first_slice: int, y_runs, x_runs) -> None:
+    """Boxes of the full-resolution pixels each cell's lower corner label covers (a superset)."""
+    (y_start, y_count), (x_start, x_count) = y_runs, x_runs
+    for value in np.flatnonzero(np.bincount(source.ravel(), minlength=1)):
+        mask = source == value
+        slices = np.flatnonzero(mask.any(axis=(1, 2)))
+        rows = np.flatnonzero(mask.any(axis=(0, 2)) & (y_count > 0))
+        cols = np.flatnonzero(mask.any(axis=(0, 1)) & (x_count > 0))
+        if rows.size and cols.size:
+            extents.include_box(int(value), (first_slice + slices[0], y_start[rows[0]], x_start[cols[0]]),
+                                (first_slice + slices[-1], y_start[rows[-1]] + y_count[rows[-1]] - 1,
+                                 x_start[cols[-1]] + x_count[cols[-1]] - 1))
+
+
+def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.ndarray] = None,
+                   extents=None, first_slice: int = 0) -> np.ndarray:
     """Class index of the largest linearly resized score: ``resize_channels(logits, out_hw).argmax(1)``.
 
     A resized pixel's scores are a convex combination of its four source pixels'
     scores. Where one class wins at all four (ties going to the lower index, as with
     ``argmax``), it wins every convex combination too, so the answer is known without
-    interpolating; only pixels whose four sources disagree, i.e. near class
-    boundaries, are interpolated, with the same arithmetic as :func:`resize_slices`.
-    This keeps full-resolution memory to a few uint8 maps and makes the step several
-    times faster than resizing all ``C`` maps. (Only float rounding at a near-exact tie
-    between two classes could make the two ways differ.)
+    interpolating. The work is therefore organised by model-grid cell (the square
+    between four neighbouring source pixels): the small argmax is spread to full size
+    by an index gather, and only the pixels of cells whose four corners disagree, i.e.
+    near class boundaries, are interpolated, with the same float32 operations in the
+    same order as :func:`resize_slices` (a cell's corner differences are computed once
+    for all its pixels, which rounds identically). Full-resolution memory stays a few
+    uint8 maps. (Only float rounding at a near-exact tie between two classes could make
+    this differ from resizing all ``C`` maps.)
 
     Args:
         logits: ``(N, C, h, w)`` scores (logits or probabilities), 1 <= C <= 256.
         out_hw: (out_h, out_w) of the result.
-        out: optional ``(N, out_h, out_w)`` uint8 array to write into.
+        out: optional ``(N, out_h, out_w)`` uint8 array (or view) to write into.
+        extents: optional :class:`~KDSegmentationLib.inference.label_extents.LabelExtents`
+            of the whole map; every written label's box grows to hold its pixels.
+        first_slice: index of this batch's first slice in the map ``extents`` describes.
 
     Returns:
-        ``(N, out_h, out_w)`` uint8 class indices.
+        ``(N, out_h, out_w)`` uint8 class indices (``out`` when given).
     """
     if logits.ndim != 4:
         raise ValueError(f"expected (N, C, H, W) logits, got shape {logits.shape}")
@@ -128,34 +183,54 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
     shape = (n, int(out_hw[0]), int(out_hw[1]))
     if out is not None and (out.shape != shape or out.dtype != np.uint8):
         raise ValueError(f"out must be uint8 of shape {shape}, got {out.dtype} {out.shape}")
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
     lo_y, hi_y, w_y = axis_weights(h, shape[1])
     lo_x, hi_x, w_x = axis_weights(w, shape[2])
-    source = logits.argmax(axis=1).astype(np.uint8)  # (N, h, w)
-    rows_lo, rows_hi = source[:, lo_y], source[:, hi_y]
-    labels = rows_lo[:, :, lo_x]
-    mixed = labels != rows_lo[:, :, hi_x]
-    mixed |= labels != rows_hi[:, :, lo_x]
-    mixed |= labels != rows_hi[:, :, hi_x]
+    source = _class_argmax(logits, axis=1)  # (N, h, w)
+    # A cell (i, k) has corners (i, k), (i + 1, k), (i, k + 1), (i + 1, k + 1), clamped at the edge
+    # exactly as axis_weights clamps hi; output pixel (y, x) lies in cell (lo_y[y], lo_x[x]).
+    below = np.minimum(np.arange(h) + 1, h - 1)
+    right = np.minimum(np.arange(w) + 1, w - 1)
+    down = source[:, below]
+    mixed = source != down
+    mixed |= source != source[:, :, right]
+    mixed |= source != down[:, :, right]
     if np.count_nonzero(mixed) > _DENSE_BOUNDARY_FRACTION * mixed.size:
         # Boundaries everywhere (noise-like scores): a running maximum over whole class maps is cheaper.
-        labels = _argmax_running_max(logits, shape[1:])
-        if out is None:
-            return labels
-        out[...] = labels
+        out[...] = _argmax_running_max(logits, shape[1:])
+        if extents is not None:
+            _report_extents(extents, out, first_slice)
         return out
-    b, yy, xx = np.nonzero(mixed)
-    if b.size:
-        scores = np.ascontiguousarray(np.moveaxis(np.asarray(logits, dtype=np.float32), 1, -1))  # (N, h, w, C)
-        y0, y1, fy = lo_y[yy], hi_y[yy], w_y[yy][:, None]
-        x0, x1, fx = lo_x[xx], hi_x[xx], w_x[xx][:, None]
+    y_runs, x_runs = _pixel_runs(lo_y, h), _pixel_runs(lo_x, w)
+    out[...] = np.take(np.take(source, lo_y, axis=1), lo_x, axis=2)
+    if extents is not None:
+        _report_cell_extents(extents, source, first_slice, y_runs, x_runs)
+    batch, cell_y, cell_x = np.nonzero(mixed)
+    pixels_y, pixels_x = y_runs[1][cell_y], x_runs[1][cell_x]
+    # Cells with the same number of pixel rows and columns are interpolated together.
+    groups = pixels_y.astype(np.int64) * (shape[2] + 1) + pixels_x
+    for group in np.unique(groups):
+        n_rows, n_cols = divmod(int(group), shape[2] + 1)
+        if n_rows == 0 or n_cols == 0:
+            continue
+        pick = groups == group
+        b, i, k = batch[pick], cell_y[pick], cell_x[pick]
+        rows = y_runs[0][i][:, None] + np.arange(n_rows)  # (M, n_rows) output rows of each cell
+        cols = x_runs[0][k][:, None] + np.arange(n_cols)  # (M, n_cols)
+        i1, k1 = hi_y[rows[:, 0]], hi_x[cols[:, 0]]
+        top_left, bottom_left = logits[b, :, i, k], logits[b, :, i1, k]  # (M, C)
+        top_right, bottom_right = logits[b, :, i, k1], logits[b, :, i1, k1]
+        fy = w_y[rows][:, :, None]  # (M, n_rows, 1)
+        fx = w_x[cols][:, None, :, None]  # (M, 1, n_cols, 1)
         # y first, then x: the same operations, in the same order, as resize_slices.
-        left = scores[b, y0, x0]
-        left += (scores[b, y1, x0] - left) * fy
-        right = scores[b, y0, x1]
-        right += (scores[b, y1, x1] - right) * fy
-        left += (right - left) * fx
-        labels[b, yy, xx] = left.argmax(axis=1)
-    if out is None:
-        return labels
-    out[...] = labels
+        left = top_left[:, None] + (bottom_left - top_left)[:, None] * fy  # (M, n_rows, C)
+        right_ = top_right[:, None] + (bottom_right - top_right)[:, None] * fy
+        scores = left[:, :, None] + (right_ - left)[:, :, None] * fx  # (M, n_rows, n_cols, C)
+        labels = _class_argmax(scores, axis=3)
+        out[b[:, None, None], rows[:, :, None], cols[:, None, :]] = labels
+        if extents is not None:
+            full = labels.shape
+            extents.include_voxels(labels, np.broadcast_to(b[:, None, None] + first_slice, full),
+                                   np.broadcast_to(rows[:, :, None], full), np.broadcast_to(cols[:, None, :], full))
     return out

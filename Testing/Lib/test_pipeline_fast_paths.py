@@ -1,0 +1,192 @@
+"""The pipeline's fast paths give exactly the straightforward result on real CT.
+
+The reference below is the pipeline written the direct way from the Lib's public
+building blocks: reorient a copy (``to_canonical``), window and resize every slice,
+resize all class maps and take the argmax, clean up each organ by scanning the whole
+map, count volumes with one histogram, reorient back. The pipeline instead views the
+input's voxels, picks rows before windowing, interpolates only boundary cells, records
+each label's box and works inside the boxes; the results must be identical.
+"""
+
+import hashlib
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KDSegmentationLib.imaging.image_files import read_image
+from KDSegmentationLib.imaging.orientation import CanonicalAxes, from_canonical, to_canonical
+from KDSegmentationLib.inference.label_extents import LabelExtents
+from KDSegmentationLib.inference.label_volumes import label_volumes_ml
+from KDSegmentationLib.inference.pipeline import (SegmentationOptions, Segmenter, segment_image,
+                                                  structure_label_values)
+from KDSegmentationLib.inference.postprocessing import keep_structures, largest_component_and_fill
+from KDSegmentationLib.inference.preprocessing import window_to_unit
+from KDSegmentationLib.inference.slice_resampling import argmax_resized, resize_channels, resize_slices
+
+
+class IntensityBandEngine:
+    """Scores -(8x - c)^2 for windowed intensity x: all nine classes, in many components with holes."""
+
+    device = "cpu"
+
+    def run(self, batch):
+        x = batch[:, 0] * 8.0
+        return np.stack([-(x - c) ** 2 for c in range(9)], axis=1).astype(np.float32)
+
+
+class MemoEngine:
+    """Runs the wrapped engine once per distinct input batch (the reference and the pipeline feed the same)."""
+
+    device = "cpu"
+
+    def __init__(self, engine):
+        self.engine, self.outputs = engine, {}
+
+    def run(self, batch):
+        key = (batch.shape, hashlib.sha1(np.ascontiguousarray(batch).tobytes()).hexdigest())
+        if key not in self.outputs:
+            self.outputs[key] = self.engine.run(batch)
+        return self.outputs[key]
+
+
+def reference_segment(image, segmenter, options):
+    """The direct way (what the pipeline computed before its fast paths)."""
+    card = segmenter.card
+    keep = structure_label_values(card, options.structures)
+    canonical = to_canonical(image)
+    hu = sitk.GetArrayFromImage(canonical)
+    labels = np.zeros(hu.shape, np.uint8)
+    for first in range(0, hu.shape[0], options.batch_size):
+        unit = window_to_unit(hu[first:first + options.batch_size], card.input.hu_window)
+        logits = segmenter.engine.run(resize_slices(unit, (card.input.height, card.input.width))[:, None])
+        labels[first:first + options.batch_size] = resize_channels(logits, hu.shape[1:]).argmax(axis=1)
+    keep_structures(labels, keep)
+    if options.postprocess:
+        for value in keep:
+            largest_component_and_fill(labels, [value])
+    names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
+    volumes = label_volumes_ml(labels, canonical.GetSpacing(), names)
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(canonical)
+    return from_canonical(label_image, image), volumes
+
+
+@pytest.fixture(scope="module")
+def bundled_segmenter():
+    segmenter = Segmenter.from_registry(device="cpu", allow_download=False)
+    return Segmenter(segmenter.card, MemoEngine(segmenter.engine))
+
+
+@pytest.fixture(scope="module")
+def real_cts(shared_data):
+    ct = shared_data / "ct"
+    example = read_image(ct / "totalsegmentator_example" / "example_ct.nii.gz")[:, :, 48:80]
+    return {
+        "nifti 122x101, LPS-flipped": example,
+        "nifti as RAS": sitk.DICOMOrient(example, "RAS"),
+        "nifti as PIR (sagittal slices)": sitk.DICOMOrient(example, "PIR"),
+        "dicom 512x512, y reversed": read_image(ct / "totalsegmentator_dicom" / "example_ct_dicom"),
+        "dicom 512x512, 3 slices": read_image(ct / "dcmqi_3slice" / "ct-3slice"),
+    }
+
+
+@pytest.mark.parametrize("engine", ["bundled model", "intensity bands"])
+@pytest.mark.parametrize("options", [SegmentationOptions(), SegmentationOptions(postprocess=False),
+                                     SegmentationOptions(structures=["liver", "spleen", "stomach"], batch_size=3)],
+                         ids=["all organs", "no post-processing", "subset"])
+def test_pipeline_equals_the_direct_computation_on_real_ct(real_cts, bundled_segmenter, engine, options):
+    segmenter = bundled_segmenter if engine == "bundled model" else Segmenter(bundled_segmenter.card,
+                                                                              IntensityBandEngine())
+    for name, image in real_cts.items():
+        expected, expected_volumes = reference_segment(image, segmenter, options)
+        result = segment_image(image, segmenter, options)
+        got = result.labels
+        assert (got.GetSize(), got.GetSpacing(), got.GetOrigin(), got.GetDirection()) == \
+            (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()), name
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected),
+                                      err_msg=name)
+        assert result.volumes_ml == pytest.approx(expected_volumes, rel=1e-12), name
+        if engine == "intensity bands" and options.structures is None:
+            found = np.unique(sitk.GetArrayViewFromImage(got))
+            assert len(found) >= 5, f"{name}: the band engine should exercise many organs, found {found}"
+
+
+def test_canonical_view_is_to_canonical_without_a_copy(real_cts):
+    for name, image in real_cts.items():
+        image = sitk.Cast(image, sitk.sitkInt16)
+        image.SetSpacing((0.7, 0.8, 2.5))
+        for code in ("LPS", "RAS", "PIR", "SAL", "ILA"):
+            oriented = sitk.DICOMOrient(image, code)
+            axes = CanonicalAxes(oriented)
+            voxels = sitk.GetArrayViewFromImage(oriented)
+            view = axes.view(voxels)
+            canonical = to_canonical(oriented)
+            np.testing.assert_array_equal(view, sitk.GetArrayViewFromImage(canonical), err_msg=f"{name} {code}")
+            assert np.shares_memory(view, voxels)
+            assert axes.spacing == canonical.GetSpacing()
+
+
+def test_argmax_extents_hold_every_label_of_real_organ_maps(shared_data):
+    """Boxes recorded while upsampling contain every voxel of their label, on both code paths."""
+    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz"))))[80:96]
+    organ_ids = [52, 4, 3, 2, 5, 7, 1, 6]
+    onehot = np.stack([~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids], axis=1).astype(np.float32)
+    organ_scores = 8 * resize_slices(onehot, (64, 64)) - 4
+    noise = np.random.default_rng(0).normal(size=organ_scores.shape).astype(np.float32)
+    for logits in (organ_scores, noise):  # boundary-cell path and dense path
+        for out_hw in ((300, 211), (48, 40)):
+            labels = np.full((20,) + out_hw, 255, np.uint8)  # slices 0, 1, 18, 19 stay unwritten
+            extents = LabelExtents(labels.shape)
+            for first in range(0, 16, 5):
+                batch = logits[first:first + 5]
+                argmax_resized(batch, out_hw, out=labels[first + 2:first + 2 + len(batch)], extents=extents,
+                               first_slice=first + 2)
+            for value in range(9):
+                box = extents.box(value, margin=0)
+                inside = np.zeros(labels.shape, bool)
+                if box is not None:
+                    inside[box] = True
+                assert not ((labels == value) & ~inside).any(), (value, out_hw)
+                assert (box is None) == (not (labels == value).any())
+
+
+def test_clean_up_and_volumes_inside_boxes_equal_whole_map_scans(shared_data):
+    image = to_canonical(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz")))
+    raw = sitk.GetArrayFromImage(image)
+    labels = np.zeros(raw.shape, np.uint8)
+    for synapse, totalseg in enumerate([52, 4, 3, 2, 5, 7, 1, 6], start=1):
+        labels[raw == totalseg] = synapse
+    labels[0:2, 0:3, 0:3] = 5          # liver island at the volume corner (box clamped there)
+    labels[60, 50:53, 60:63] = 7       # spleen island
+    labels[labels.shape[0] // 2, 40, 40] = 0
+    extents = LabelExtents(labels.shape)
+    for value in range(1, 9):
+        z, y, x = np.nonzero(labels == value)
+        extents.include_voxels(np.full(z.shape, value), z, y, x)
+    keep = [1, 3, 5, 7, 8]
+    whole, boxed = labels.copy(), labels.copy()
+    keep_structures(whole, keep)
+    keep_structures(boxed, keep, extents)
+    np.testing.assert_array_equal(boxed, whole)
+    largest_component_and_fill(whole, keep)
+    largest_component_and_fill(boxed, keep, extents)
+    np.testing.assert_array_equal(boxed, whole)
+    assert not (whole[0:2, 0:3, 0:3] == 5).any()
+    names = {value: str(value) for value in keep + [2]}
+    assert label_volumes_ml(boxed, image.GetSpacing(), names, extents) == label_volumes_ml(whole, image.GetSpacing(),
+                                                                                         names)
+
+
+def test_label_extents_rejects_bad_input():
+    with pytest.raises(ValueError, match="Z, Y, X"):
+        LabelExtents((4, 4))
+    extents = LabelExtents((4, 5, 6))
+    with pytest.raises(ValueError, match="0..255"):
+        extents.include_box(300, (0, 0, 0), (1, 1, 1))
+    assert extents.box(3) is None
+    extents.include_box(3, (1, 1, 1), (2, 3, 5))
+    assert extents.box(3) == (slice(0, 4), slice(0, 5), slice(0, 6))
+    assert extents.box(3, margin=0) == (slice(1, 3), slice(1, 4), slice(1, 6))
