@@ -78,6 +78,7 @@ class KDSegmentationParameterNode:
     modelId: registry id ("" = the registry's default model).
     device: "auto", "cpu" or "cuda".
     structures: comma-separated structure names to keep ("" = all).
+    livePreview: segment the slice under the Red view while the user scrolls.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -88,6 +89,7 @@ class KDSegmentationParameterNode:
     postprocess: bool = True
     show3D: bool = True
     batchSize: Annotated[int, WithinRange(1, MAX_BATCH_SIZE)] = 8
+    livePreview: bool = False
 
 
 class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -102,6 +104,10 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(_POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollTask)
+        self._preview = None  # LivePreviewController, made in setup()
+        self._previewTimer = qt.QTimer()
+        self._previewTimer.setInterval(_POLL_INTERVAL_MS)
+        self._previewTimer.connect("timeout()", self._pollPreview)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,6 +116,7 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = KDSegmentationLogic()
+        self._preview = self.logic.livePreviewController(slicer.mrmlScene)
         self.ui.volumesTableWidget.setHorizontalHeaderLabels([_("Structure"), _("Volume (mL)")])
         self._fillDevices()
         self._fillModels()
@@ -126,6 +133,9 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task.cancel()
         self._task = None
         self._timer.stop()
+        self._previewTimer.stop()
+        if self._preview is not None:
+            self._preview.close()  # does not wait: a running inference finishes on its own
         self.removeObservers()
 
     def enter(self) -> None:
@@ -136,10 +146,13 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonState)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._syncPreview)
+        self._stopPreview()  # resumes on enter() when the toggle is still on
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._task is not None:
             self._task.cancel()  # its nodes are about to disappear; the result is discarded
+        self._stopPreview()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -157,12 +170,15 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonState)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._syncPreview)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtonState)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._syncPreview)
             self._syncManualWidgets()
             self._updateButtonState()
+        self._syncPreview()
 
     # -- model, device and structure widgets (the wrapper cannot bind them) -------------
     def _fillDevices(self) -> None:
@@ -275,6 +291,9 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("ONNX Runtime is not installed; nothing was segmented.")
                 return
             self._taskNodes = (p.inputVolume, p.outputSegmentation, p.show3D)
+            if p.livePreview:
+                p.livePreview = False  # removes every preview node before the full result arrives
+                self.ui.previewStatusLabel.text = _("Live preview was switched off for the full segmentation.")
             self._task = self.logic.startTask(p.inputVolume, settings)
         except Exception as exc:
             self._endTask()
@@ -318,6 +337,46 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._syncManualWidgets()
         self._updateButtonState()
+        self._syncPreview()
+
+    # -- live preview (KDSegmentationMRML.live_preview_controller does the work) --------
+    def _syncPreview(self, caller=None, event=None) -> None:
+        """Start, retarget or stop the live preview to match the parameter node; off while Segment runs."""
+        p = self._parameterNode
+        if self._preview is None:
+            return
+        if not (p and p.livePreview and p.inputVolume and self._task is None):
+            if self._preview.active:
+                self._stopPreview()
+                self.ui.previewStatusLabel.text = ""
+            return
+        try:
+            settings = self.logic.livePreviewSettings(p.modelId, p.device, p.structures)
+            if self._preview.volume_node is not p.inputVolume:
+                self._preview.start(p.inputVolume, settings)
+            else:
+                self._preview.update_settings(settings)
+        except Exception as exc:
+            self._stopPreview()
+            self.ui.previewStatusLabel.text = _("Live preview is off: {error}").format(error=exc)
+            p.livePreview = False
+            return
+        self.ui.previewStatusLabel.text = self._preview.status
+        self._previewTimer.start()
+
+    def _pollPreview(self) -> None:
+        status = self._preview.poll(yield_seconds=_POLL_YIELD_SECONDS if self._preview.busy else 0.0)
+        if status is not None:
+            self.ui.previewStatusLabel.text = status
+        if not self._preview.active:  # it stopped itself: an error, or the input went away
+            self._previewTimer.stop()
+            if self._parameterNode and self._parameterNode.livePreview:
+                self._parameterNode.livePreview = False
+
+    def _stopPreview(self) -> None:
+        if self._preview is not None:
+            self._preview.stop()
+        self._previewTimer.stop()
 
     def _finish(self, result) -> None:
         inputVolume, outputSegmentation, show3D = self._taskNodes
@@ -415,6 +474,29 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
             where = _("Weights ({size}) are downloaded and verified on first use. Offline: place {file} at {path}."
                       ).format(size=format_bytes(card.size_bytes), file=card.file, path=cached_path(card))
         return "\n".join([card.description, _("Intended use: {use}").format(use=card.intended_use), where])
+
+    def livePreviewSettings(self, modelId: str = "", device: str = "auto", structures: str = ""):
+        """Validated settings for the live preview; raises KDSegError naming what is missing and the fix.
+
+        The preview never installs or downloads anything (no dialog may pop up while scrolling):
+        the Segment button does both, with progress.
+        """
+        from KDSegmentationLib.weights.resolution import is_available_offline
+
+        settings, card = run_settings(self.registry(), modelId, device, structures, threads=gui_inference_threads())
+        if not onnxruntime_installed():
+            raise KDSegError(_("Live preview needs ONNX Runtime."), _("Click Segment once to install it."))
+        if not is_available_offline(card, self.registry().directory):
+            raise KDSegError(_("Live preview needs the weights of {model} on this computer.").format(model=card.title),
+                             _("Click Segment once to download them."))
+        return settings
+
+    def livePreviewController(self, scene):
+        """The live preview for ``scene`` (Red view), opening its own model session on its worker thread."""
+        from KDSegmentationLib.slicer_support.live_preview import registry_segmenter_factory
+        from KDSegmentationMRML.live_preview_controller import LivePreviewController
+
+        return LivePreviewController(scene, lambda settings: registry_segmenter_factory(self.registry())(settings))
 
     def runSettings(self, modelId: str = "", device: str = "auto", structures: str = "", postprocess: bool = True,
                     batchSize: int = 8, threads: Optional[int] = None):
@@ -579,7 +661,8 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
 
 
 class KDSegmentationTest(ScriptedLoadableModuleTest):
-    """Self-test: segments the bundled sample CT and SampleData's CTAAbdomenPanoramix on CPU.
+    """Self-test: segments the bundled sample CT and SampleData's CTAAbdomenPanoramix on CPU, and
+    previews the sample live in the Red view.
 
     Needs a trained model in the registry; without one it fails with the registry's
     "No trained model is installed" message.
@@ -593,6 +676,49 @@ class KDSegmentationTest(ScriptedLoadableModuleTest):
         self.test_bundled_sample_ct()
         self.setUp()
         self.test_ct_abdomen_panoramix()
+        self.setUp()
+        self.test_live_preview_in_the_red_view()
+
+    def test_live_preview_in_the_red_view(self):
+        """The application's own Red view: overlay of the slice under view, hint when oblique, nothing left after."""
+        from KDSegmentationLib.resources import sample_ct_path
+        from KDSegmentationMRML.preview_overlay import preview_nodes
+
+        self.delayDisplay("Live preview of the bundled sample CT in the Red view")
+        volume = slicer.util.loadVolume(str(sample_ct_path()))
+        logic = KDSegmentationLogic()
+        self.assertTrue(logic.ensureOnnxRuntime(confirm=False))
+        redLogic = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+        redNode = redLogic.GetSliceNode()
+        redNode.SetOrientation("Axial")
+        redLogic.FitSliceToBackground()
+        preview = logic.livePreviewController(slicer.mrmlScene)
+        try:
+            preview.start(volume, logic.livePreviewSettings(device="cpu"))
+
+            def settle():
+                deadline = time.monotonic() + 60
+                while preview.busy and time.monotonic() < deadline:
+                    preview.poll(yield_seconds=0.05)
+                    slicer.app.processEvents()
+                preview.poll()
+
+            settle()
+            overlay = slicer.mrmlScene.GetNodeByID(redLogic.GetSliceCompositeNode().GetLabelVolumeID())
+            self.assertIn(overlay, preview_nodes(slicer.mrmlScene))
+            self.assertTrue(preview.status.startswith("Live preview: axial slice"))
+            redNode.SetOrientation("Sagittal")
+            settle()
+            self.assertIn("preview needs an axial view", preview.status)
+            self.assertEqual(preview_nodes(slicer.mrmlScene), [])
+            redNode.SetOrientation("Axial")
+            settle()
+            self.assertTrue(preview_nodes(slicer.mrmlScene))
+            preview.stop()
+            self.assertEqual(preview_nodes(slicer.mrmlScene), [])
+        finally:
+            preview.close()
+        self.delayDisplay("Live preview passed")
 
     def _segmentAndCheck(self, volume):
         from KDSegmentationLib.slicer_support.terminology import parse_terminology_entry

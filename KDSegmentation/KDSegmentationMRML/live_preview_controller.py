@@ -70,6 +70,11 @@ class LivePreviewController:
         return self._volume_node is not None
 
     @property
+    def volume_node(self):
+        """The volume being previewed, or None."""
+        return self._volume_node
+
+    @property
     def busy(self) -> bool:
         """A preview is being computed or waits to be (poll until this is False)."""
         return self._worker.busy

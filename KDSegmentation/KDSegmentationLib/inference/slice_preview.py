@@ -161,6 +161,8 @@ class SlicePreviewer:
     def __init__(self, segmenter: Segmenter, structures: Optional[Sequence[str]] = None) -> None:
         self.segmenter = segmenter
         self._keep = structure_label_values(segmenter.card, structures)
+        # The subset is a no-op when every structure is kept; skipping it saves a full-slice pass per preview.
+        self._keep_all = set(self._keep) == {label.index for label in segmenter.card.foreground_labels()}
 
     def segment_slice(self, volume: PreviewVolume, index: int) -> SlicePreview:
         """Segment canonical axial slice ``index`` of ``volume``.
@@ -183,7 +185,8 @@ class SlicePreviewer:
         timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
         labels = classify_slices(volume.hu[index:index + 1], self.segmenter, timings=timings)
         start = time.perf_counter()
-        keep_structures(labels, self._keep)
+        if not self._keep_all:
+            keep_structures(labels, self._keep)
         on_input, ijk_to_ras, input_axis, input_index = volume.to_input_grid(labels[0], index)
         timings["postprocess"] += time.perf_counter() - start
         return SlicePreview(index, on_input, ijk_to_ras, input_axis, input_index, timings)
