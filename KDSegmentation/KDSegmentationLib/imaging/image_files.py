@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..atomic_files import Verify, atomic_file, temporary_sibling
 from ..errors import InputImageError, OutputError
+from .nifti_gzip import read_nifti_gz
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
            "check_output_path", "write_image_atomic"]
@@ -172,18 +173,25 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     else:
-        if path.name.lower().endswith(".gz"):
-            _check_gzip_complete(path)
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise InputImageError(f"Cannot read {path} as an image: {_first_line(exc)}.",
-                                  "Use a valid NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder.") from None
+        # A plain .nii.gz is decompressed once, CRC-checked; other files go through ITK's reader.
+        image = read_nifti_gz(path) if path.name.lower().endswith(".nii.gz") else None
+        if image is None:
+            image = _read_file(path)
     single_dicom_file = path.is_file() and _looks_like_dicom_file(path)
     check_volume_shape(image, str(path), single_dicom_file)
     _log.info("Read %s: size %s, spacing %s mm, %s", path, image.GetSize(),
               tuple(round(s, 3) for s in image.GetSpacing()), image.GetPixelIDTypeAsString())
     return image
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputImageError(f"Cannot read {path} as an image: {_first_line(exc)}.",
+                              "Use a valid NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder.") from None
 
 
 def _check_gzip_complete(path: Path) -> None:

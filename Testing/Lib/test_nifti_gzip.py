@@ -1,0 +1,89 @@
+""".nii.gz read with one verified decompression: ITK's result to the bit, corrupt streams refused."""
+
+import gzip
+import struct
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KDSegmentationLib.errors import InputImageError
+from KDSegmentationLib.imaging.image_files import read_image
+from KDSegmentationLib.imaging.nifti_gzip import read_nifti_gz
+
+
+def assert_same_image(got, expected, what):
+    assert got.GetPixelID() == expected.GetPixelID(), what
+    assert (got.GetSize(), got.GetOrigin(), got.GetSpacing(), got.GetDirection()) == \
+        (expected.GetSize(), expected.GetOrigin(), expected.GetSpacing(), expected.GetDirection()), what
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected),
+                                  err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def real_niftis(shared_data):
+    return sorted(shared_data.rglob("*.nii.gz"))
+
+
+def test_every_real_nifti_reads_as_itk_reads_it(real_niftis):
+    assert len(real_niftis) >= 4
+    for path in real_niftis:
+        image = read_nifti_gz(path)
+        assert image is not None, f"{path.name} is a plain NIfTI-1 and should take the single-decode path"
+        assert_same_image(image, sitk.ReadImage(str(path)), path.name)
+        assert_same_image(read_image(path), sitk.ReadImage(str(path)), path.name)
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkInt16, sitk.sitkFloat32, sitk.sitkUInt8, sitk.sitkInt32])
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "PIR"])
+def test_real_ct_rewritten_in_other_types_and_orientations(shared_data, tmp_path, pixel_type, orientation):
+    ct = sitk.ReadImage(str(shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"))
+    image = sitk.DICOMOrient(sitk.Cast(sitk.Clamp(ct, lowerBound=0, upperBound=255) if pixel_type == sitk.sitkUInt8
+                                       else ct, pixel_type), orientation)
+    image.SetOrigin((12.5, -40.25, 7.0))
+    path = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    got = read_nifti_gz(path)
+    assert got is not None
+    assert_same_image(got, sitk.ReadImage(str(path)), f"{pixel_type} {orientation}")
+
+
+def _rewrite_header(source, target, **floats_at):
+    stream = bytearray(gzip.decompress(source.read_bytes()))
+    for offset, value in floats_at.values():
+        struct.pack_into("<f", stream, offset, value)
+    target.write_bytes(gzip.compress(bytes(stream)))
+
+
+def test_scaled_values_are_left_to_itk(shared_data, tmp_path):
+    """scl_slope/scl_inter make ITK rescale (to float): that case takes ITK's own reader."""
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    scaled = tmp_path / "scaled.nii.gz"
+    _rewrite_header(source, scaled, slope=(112, 2.0), intercept=(116, -10.0))
+    assert read_nifti_gz(scaled) is None
+    expected = sitk.ReadImage(str(scaled))
+    assert_same_image(read_image(scaled), expected, "scaled")
+    raw = sitk.GetArrayViewFromImage(sitk.ReadImage(str(source))).astype(np.float64)
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * 2 - 10)
+
+
+def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path):
+    data = (shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz").read_bytes()
+    corrupt = bytearray(data)
+    corrupt[len(data) // 3] ^= 0x01
+    cases = {"corrupt.nii.gz": bytes(corrupt), "truncated.nii.gz": data[: len(data) * 2 // 3]}
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(InputImageError, match="truncated or corrupt") as error:
+            read_image(path)
+        assert name in str(error.value)
+    sitk.ReadImage(str(tmp_path / "corrupt.nii.gz"))  # ITK alone reads the corrupt file without a word
+
+
+def test_without_isal_the_standard_library_decodes_the_same(shared_data, monkeypatch):
+    path = shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz"
+    with_isal = read_nifti_gz(path)
+    monkeypatch.setitem(sys.modules, "isal", None)  # `import isal` now raises ImportError, as inside Slicer
+    assert_same_image(read_nifti_gz(path), with_isal, "stdlib zlib")
