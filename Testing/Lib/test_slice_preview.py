@@ -77,6 +77,7 @@ def test_preview_lands_on_the_input_grid_whatever_the_orientation(sample_ct, bun
     full = sitk.GetArrayFromImage(full_image)  # on the stored grid
     volume = PreviewVolume.from_kji_array(sitk.GetArrayFromImage(stored), ijk_to_ras_from_image(stored))
     np.testing.assert_array_equal(volume.hu, sitk.GetArrayFromImage(to_canonical(sample_ct)))
+    np.testing.assert_allclose(volume.ijk_to_ras, ijk_to_ras_from_image(to_canonical(stored)), atol=1e-9)
     index = int((sitk.GetArrayFromImage(to_canonical(full_image)) > 0).sum(axis=(1, 2)).argmax())
     preview = SlicePreviewer(bundled_segmenter).segment_slice(volume, index)
     assert preview.input_axis == axial_axis and preview.labels.shape[axial_axis] == 1

@@ -1,11 +1,11 @@
 """Segment one axial slice of a CT, exactly as the full pipeline segments that slice.
 
 The live preview in Slicer segments the slice under view each time the user scrolls.
-A volume is prepared once (:class:`PreviewVolume`: reoriented to the canonical LPS
-grid, as :func:`segment_image` does); each preview then costs one model call on one
+A volume is prepared once (:class:`PreviewVolume`: seen on the canonical LPS grid
+through the pipeline's own view, :class:`CanonicalAxes`); each preview then costs one model call on one
 slice through :func:`classify_slices`, the very function the full pipeline runs per
-batch, followed by the same structure subset, and is laid out back on the input's own
-grid as :func:`from_canonical` lays out the full result. So the preview of a slice
+batch, followed by the same structure subset, and is written back onto the input's own
+grid through the same view as the full result. So the preview of a slice
 equals that slice of the full result before its 3D post-processing (largest component
 and hole filling need the whole volume and are not previewed), voxel for voxel.
 
@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..imaging.image_files import check_volume_shape
-from ..imaging.orientation import to_canonical
+from ..imaging.orientation import CanonicalAxes
 from .pipeline import Segmenter, classify_slices, structure_label_values
 from .postprocessing import keep_structures
 from ..imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
@@ -33,50 +33,56 @@ __all__ = ["PreviewVolume", "SlicePreview", "SlicePreviewer"]
 
 @dataclass(frozen=True)
 class PreviewVolume:
-    """A CT prepared once for many slice previews.
+    """A CT prepared once for many slice previews: the pipeline's canonical view of its voxels.
 
     Args:
-        image: the CT on the canonical LPS grid (see :func:`to_canonical`); its voxels
-            are the input's, permuted and flipped, never interpolated.
-        input_ijk_to_ras: 4x4 IJK-to-RAS of the input's own grid (parent transforms excluded).
+        image: the CT in any orientation. Its voxels are seen on the canonical (LPS) grid
+            through :class:`CanonicalAxes`, as :func:`segment_image` sees them: no copy, no
+            interpolation.
 
     Attributes:
-        hu: (Z, Y, X) read-only view of the canonical voxels (HU); ``hu[z]`` is what
-            the model sees as axial slice ``z``.
+        hu: (Z, Y, X) read-only canonical view of the voxels (HU); ``hu[z]`` is what the
+            model sees as axial slice ``z``.
         ijk_to_ras: 4x4 matrix from canonical index (x, y, z) to RAS (parent transforms excluded).
-        canonical_to_input: 4x4 integer matrix from canonical (x, y, z, 1) to the input's
-            (i, j, k, 1): a signed permutation plus a shift.
-
-    Raises:
-        ValueError: ``image`` is not the input's voxels permuted and flipped (grids disagree).
+        input_ijk_to_ras: 4x4 IJK-to-RAS of the input's own grid.
     """
 
     image: sitk.Image
-    input_ijk_to_ras: np.ndarray
     hu: np.ndarray = field(init=False, repr=False)
     ijk_to_ras: np.ndarray = field(init=False, repr=False)
-    canonical_to_input: np.ndarray = field(init=False, repr=False)
+    input_ijk_to_ras: np.ndarray = field(init=False, repr=False)
+    _axes: CanonicalAxes = field(init=False, repr=False)
+    _voxels: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        canonical_ijk_to_ras = ijk_to_ras_from_image(self.image)
-        mapping = np.linalg.solve(np.asarray(self.input_ijk_to_ras, dtype=float), canonical_ijk_to_ras)
-        exact = np.round(mapping)
-        # Reorientation moves whole voxels: any fractional part means the two grids are not the same voxels.
-        if not np.allclose(mapping, exact, atol=1e-3) or abs(round(np.linalg.det(exact[:3, :3]))) != 1:
-            raise ValueError("the canonical image is not the input's voxel grid permuted and flipped")
-        object.__setattr__(self, "hu", sitk.GetArrayViewFromImage(self.image))
-        object.__setattr__(self, "ijk_to_ras", canonical_ijk_to_ras)
-        object.__setattr__(self, "canonical_to_input", exact.astype(np.int64))
+        axes = CanonicalAxes(self.image)
+        voxels = sitk.GetArrayViewFromImage(self.image)  # the input's own (k, j, i) array
+        input_ijk_to_ras = ijk_to_ras_from_image(self.image)
+        # Canonical index (x, y, z) -> input index (i, j, k): the same permutation and flips as the view.
+        canonical_to_input = np.zeros((4, 4))
+        canonical_to_input[3, 3] = 1.0
+        for canonical_axis in range(3):  # numpy axes (z, y, x)
+            input_axis = axes.permutation[canonical_axis]
+            row, column = 2 - input_axis, 2 - canonical_axis  # index components (i, j, k) / (x, y, z)
+            if canonical_axis in axes.flipped:
+                canonical_to_input[row, column] = -1.0
+                canonical_to_input[row, 3] = voxels.shape[input_axis] - 1
+            else:
+                canonical_to_input[row, column] = 1.0
+        for name, value in (("_axes", axes), ("_voxels", voxels), ("hu", axes.view(voxels)),
+                            ("input_ijk_to_ras", input_ijk_to_ras),
+                            ("ijk_to_ras", input_ijk_to_ras @ canonical_to_input)):
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_image(cls, image: sitk.Image) -> "PreviewVolume":
-        """Reorient a 3D CT (any orientation) to the grid the pipeline segments.
+        """Prepare a 3D CT (any orientation).
 
         Raises:
             InputImageError: not a 3D single-component image.
         """
         check_volume_shape(image, "The input")
-        return cls(to_canonical(image), ijk_to_ras_from_image(image))
+        return cls(image)
 
     @classmethod
     def from_kji_array(cls, array_kji: np.ndarray, ijk_to_ras: np.ndarray) -> "PreviewVolume":
@@ -85,15 +91,15 @@ class PreviewVolume:
 
     @property
     def shape(self) -> Tuple[int, int, int]:
-        """(Z, Y, X) of the canonical array."""
+        """(Z, Y, X) of the canonical view."""
         return tuple(self.hu.shape)
 
     def to_input_grid(self, slice_yx: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray, int, int]:
         """Canonical slice ``index``'s values laid out on the input's own grid, as a one-slice volume.
 
-        The permutation and flips that :func:`from_canonical` applies to the whole label
-        map, applied to one slice: the result equals that slice of the full result voxel for
-        voxel, in the input's voxel order, whichever input axis is the axial one.
+        Written through the same canonical view as :func:`segment_image` writes its label
+        map, so the result equals that slice of the full result voxel for voxel, in the
+        input's voxel order, whichever input axis is the axial one.
 
         Args:
             slice_yx: (Y, X) values on canonical slice ``index``.
@@ -101,26 +107,20 @@ class PreviewVolume:
 
         Returns:
             ``(array_kji, ijk_to_ras, input_axis, input_index)``: the one-slice (K, J, I) array
-            (length 1 along the input's axial array axis ``input_axis``, 0 for K, 1 for J,
+            (length 1 along the input's axial array axis ``input_axis``: 0 for K, 1 for J,
             2 for I), its 4x4 IJK-to-RAS (the input's, shifted to that slice), and the slice's
             index along that input axis.
         """
-        mapping = self.canonical_to_input
-        height, width = slice_yx.shape
-        axes, flipped = [], []
-        for array_axis in range(3):  # input array axis 0 = K, 1 = J, 2 = I
-            row = 2 - array_axis  # its component in (i, j, k)
-            column = int(np.flatnonzero(mapping[row, :3])[0])  # the canonical component (x, y, z) it comes from
-            axes.append(2 - column)  # canonical array axis (z, y, x) of that component
-            flipped.append(mapping[row, column] < 0)
-        values = np.transpose(np.asarray(slice_yx)[None], axes)
-        values = np.ascontiguousarray(np.flip(values, axis=[a for a in range(3) if flipped[a]]))
-        corners = np.array([[x, y, index, 1] for x in (0, width - 1) for y in (0, height - 1)]).T
-        start = (mapping @ corners)[:3].min(axis=1)  # input (i, j, k) of values[0, 0, 0]
+        input_axis = self._axes.permutation[0]
+        shape = list(self._voxels.shape)
+        shape[input_axis] = 1
+        values = np.zeros(shape, dtype=np.asarray(slice_yx).dtype)
+        self._axes.view(values)[0] = slice_yx
+        flipped = 0 in self._axes.flipped
+        input_index = self._voxels.shape[input_axis] - 1 - index if flipped else index
         shift = np.eye(4)
-        shift[:3, 3] = start
-        axial_row = int(np.flatnonzero(mapping[:3, 2])[0])
-        return values, np.asarray(self.input_ijk_to_ras, dtype=float) @ shift, 2 - axial_row, int(start[axial_row])
+        shift[2 - input_axis, 3] = input_index
+        return values, self.input_ijk_to_ras @ shift, input_axis, int(input_index)
 
 
 @dataclass(frozen=True)
