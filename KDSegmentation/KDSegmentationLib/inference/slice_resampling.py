@@ -210,7 +210,8 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
     pixels_y, pixels_x = y_runs[1][cell_y], x_runs[1][cell_x]
     # Cells with the same number of pixel rows and columns are interpolated together.
     groups = pixels_y.astype(np.int64) * (shape[2] + 1) + pixels_x
-    for group in np.unique(groups):
+    ordered = np.sort(groups)  # distinct sizes without np.unique, which imports numpy.ma (slow start-up)
+    for group in ordered[np.flatnonzero(np.diff(ordered, prepend=-1))]:
         n_rows, n_cols = divmod(int(group), shape[2] + 1)
         if n_rows == 0 or n_cols == 0:
             continue

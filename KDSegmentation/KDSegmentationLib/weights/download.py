@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from ..errors import CancelledError, ChecksumError, DownloadError
 from ..progress import CancelToken, ProgressCallback, Stage, report
+from .file_digest import sha256_of
 from .url_policy import ALLOWED_LOCATIONS, fetch_scheme
 
 try:  # POSIX
@@ -47,15 +48,6 @@ _MAX_DELAY = 60.0
 _RETRY_STATUS = {408, 429}  # and every 5xx
 _OFFLINE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
 _TIMEOUT_ERRORS = {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "Timeout"}
-
-
-def sha256_of(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- inter-process lock ----------------------------------------------------------------

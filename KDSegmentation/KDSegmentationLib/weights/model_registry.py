@@ -347,7 +347,13 @@ def schema_path() -> Path:
 
 
 def _schema_check(data: Any, source: Optional[Path]) -> None:
-    """Validate against the JSON Schema file when ``jsonschema`` is importable (it is optional at runtime)."""
+    """Validate against the JSON Schema file when ``jsonschema`` is importable (it is optional at runtime).
+
+    The bundled registry is skipped: the test suite validates it against the schema, and
+    importing ``jsonschema`` would add about a tenth of a second to every ``kdseg`` start.
+    """
+    if source is not None and Path(source).resolve() == registry_path().resolve():
+        return
     try:
         import jsonschema
     except ImportError:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 from ..errors import ChecksumError, WeightsError
 from ..progress import CancelToken, ProgressCallback
 from ..progress_throttle import throttle_progress
-from .download import download_file, sha256_of
+from .file_digest import sha256_of
 from .model_registry import ModelCard
 
 __all__ = ["cache_dir", "cached_path", "bundled_path", "resolve_weights", "is_available_offline",
@@ -24,6 +24,15 @@ __all__ = ["cache_dir", "cached_path", "bundled_path", "resolve_weights", "is_av
 
 _verified: Dict[Tuple[str, int, int], bool] = {}
 _verified_lock = threading.Lock()
+
+
+# The download machinery (ssl, http, requests) loads only when a file is fetched, not on
+# every ``kdseg`` start.
+def download_file(url: str, target: Path, **kwargs) -> Path:
+    """:func:`KDSegmentationLib.weights.download.download_file`, imported on first use."""
+    from .download import download_file as fetch
+
+    return fetch(url, target, **kwargs)
 
 
 def cache_dir() -> Path:
