@@ -54,7 +54,7 @@ def views(app):
 @pytest.fixture
 def sample(app, views):
     """The sample CT read by Slicer, shown in every view (Red fitted to it)."""
-    volume = load_volume(app, sample_ct_path(), "sample")
+    volume = load_volume(app, sample_ct_path(), "live preview CT")
     for logic in views.values():
         logic.GetSliceCompositeNode().SetBackgroundVolumeID(volume.GetID())
         logic.GetSliceNode().SetDimensions(244, 202, 1)
@@ -313,7 +313,7 @@ def test_every_preview_node_goes_on_input_change_and_scene_close(app, views, sam
     controller.start(sample, settings)
     _settle(controller)
     assert len(preview_nodes(app.scene)) == 3  # overlay, its display node, the colour table
-    other = load_volume(app, sample_ct_path(), "another CT")
+    other = load_volume(app, sample_ct_path(), "live preview CT 2")
     controller.start(other, settings)  # the module restarts the preview when the input changes
     assert preview_nodes(app.scene) == []
     _settle(controller)
