@@ -12,7 +12,7 @@ import slicer
 
 from KDSegmentationLib.errors import InputImageError
 
-__all__ = ["VolumeInput", "read_volume_input"]
+__all__ = ["VolumeInput", "read_volume_input", "first_ct_volume"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,20 @@ def read_volume_input(volume_node) -> VolumeInput:
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(matrix)
     return VolumeInput(array, slicer.util.arrayFromVTKMatrix(matrix), volume_node.GetTransformNodeID() or None)
+
+
+def first_ct_volume(scene):
+    """The first scalar volume of ``scene`` that is not a label map, or None.
+
+    ``GetFirstNodeByClass("vtkMRMLScalarVolumeNode")`` also returns label maps (a
+    subclass), so a label map loaded before the CT would hide it.
+    """
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    try:
+        for index in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(index)
+            if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                return node
+        return None
+    finally:
+        nodes.UnRegister(None)  # GetNodesByClass hands over a reference (vtkCollection*)

@@ -11,7 +11,7 @@ from KDSegmentationLib.resources import sample_ct_path
 from KDSegmentationLib.slicer_support.module_segmentation import VolumeSegmentation, segment_specs
 from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 from KDSegmentationMRML.result_nodes import VOLUME_TABLE_REFERENCE_ROLE, apply_segmentation_result
-from KDSegmentationMRML.volume_input import read_volume_input
+from KDSegmentationMRML.volume_input import first_ct_volume, read_volume_input
 from KDSegmentationMRML.volume_table import table_rows
 
 from slicer_volumes import load_stl_as_segmentation, load_volume, paint_segment, scene_state, segment_array
@@ -242,3 +242,16 @@ def test_volume_input_reads_voxels_matrix_and_transform(app, sample):
         read_volume_input(labels)
     with pytest.raises(InputImageError, match="no image data"):
         read_volume_input(app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty"))
+
+
+def test_auto_selection_picks_the_first_ct_even_after_a_label_map(app, shared_data):
+    import slicer
+
+    assert first_ct_volume(app.scene) is None
+    labels = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels loaded first")
+    slicer.util.updateVolumeFromArray(labels, np.zeros((2, 3, 4), np.uint8))
+    assert app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is labels  # what the module used to take
+    assert first_ct_volume(app.scene) is None
+    ct = load_volume(app, sample_ct_path(), "ct")
+    load_volume(app, shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz", "second ct")
+    assert first_ct_volume(app.scene) is ct

@@ -201,3 +201,33 @@ def test_poll_waits_at_most_the_yield_and_returns_at_once_when_done():
     messages = task.poll(yield_seconds=5.0)
     assert time.monotonic() - started < 0.5
     assert messages == [TaskFinished("result")]
+
+
+def test_stop_cancels_and_joins_the_worker(example_ct, plumbing_segmenter):
+    """What the module's cleanup() does when the module or the application closes."""
+    from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image
+    from KDSegmentationLib.inference.pipeline import SegmentationOptions
+    from KDSegmentationLib.slicer_support.background_task import TaskFailed
+    from KDSegmentationLib.slicer_support.module_segmentation import segment_volume_array
+
+    array, matrix = sitk.GetArrayFromImage(example_ct), ijk_to_ras_from_image(example_ct)
+    inferring = threading.Event()
+
+    def work(progress, cancel):
+        def forward(event):
+            if event.stage == Stage.INFERRING:
+                inferring.set()
+            progress(event)
+        return segment_volume_array(array, matrix, plumbing_segmenter, SegmentationOptions(batch_size=1), forward,
+                                    cancel)
+
+    task = BackgroundTask(work)
+    task.start()
+    assert inferring.wait(60)
+    started = time.monotonic()
+    assert task.stop(timeout=10)
+    assert time.monotonic() - started < 2.0 and not task.running
+    assert not task._thread.is_alive()
+    final = task.poll()[-1]
+    assert isinstance(final, TaskFailed) and final.cancelled
+    assert BackgroundTask(work).stop() is True  # never started: nothing to join

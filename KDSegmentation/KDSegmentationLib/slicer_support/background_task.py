@@ -72,6 +72,20 @@ class BackgroundTask:
     def cancel(self) -> None:
         self.cancel_token.cancel()
 
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Cancel and join the worker (module closed or application quitting).
+
+        The pipeline checks the token between batches, so the worker ends within about one
+        batch. Returns True when it has ended (or never started); False when it is still
+        inside a long call after ``timeout`` seconds (a daemon thread: it cannot keep the
+        application alive).
+        """
+        self.cancel()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()

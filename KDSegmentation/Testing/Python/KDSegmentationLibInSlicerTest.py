@@ -9,7 +9,7 @@ import sitkUtils
 import slicer
 
 from KDSegmentationLib.weights.model_registry import labels_from_anatomy
-from KDSegmentationLib.slicer_support.terminology import terminology_entry
+from KDSegmentationLib.slicer_support.terminology import GENERAL_ANATOMY_CONTEXT, terminology_entry
 from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image, image_from_kji_array
 
 
@@ -42,5 +42,12 @@ class KDSegmentationLibInSlicerTest(unittest.TestCase):
         for label in labels_from_anatomy()[1:]:
             entry = slicer.vtkSlicerTerminologyEntry()
             self.assertTrue(logic.DeserializeTerminologyEntry(terminology_entry(label), entry), label.name)
-            self.assertTrue(entry.IsValid(), label.name)
-            self.assertEqual(entry.GetTypeObject().GetCodeValue(), label.terminology["type"]["code"])
+            # Field by field (vtkSlicerTerminologyEntry.IsValid exists only from Slicer 5.10).
+            self.assertEqual(entry.GetTerminologyContextName(), GENERAL_ANATOMY_CONTEXT)
+            for coded, expected in ((entry.GetCategoryObject(), label.terminology["category"]),
+                                    (entry.GetTypeObject(), label.terminology["type"]),
+                                    (entry.GetTypeModifierObject(), label.terminology.get("type_modifier"))):
+                expected = expected or {"scheme": "", "code": "", "meaning": ""}
+                self.assertEqual((coded.GetCodingSchemeDesignator() or "", coded.GetCodeValue() or "",
+                                  coded.GetCodeMeaning() or ""),
+                                 (expected["scheme"], expected["code"], expected["meaning"]), label.name)
