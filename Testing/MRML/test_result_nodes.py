@@ -104,7 +104,7 @@ def test_new_output_goes_next_to_the_input_in_the_hierarchy(app, sample, shared_
     nodes = apply_segmentation_result(app.scene, app.segmentations_logic, result, sample, show_3d=False)
     assert sh.GetItemParent(sh.GetItemByDataNode(nodes.segmentation_node)) == study
     assert sh.GetItemParent(sh.GetItemByDataNode(nodes.table_node)) == study
-    assert nodes.segmentation_node.GetName() == "sample organs"
+    assert nodes.segmentation_node.GetName() == f"{sample.GetName()} organs"
     segmentation = nodes.segmentation_node.GetSegmentation()
     for spec in result.segments:
         segment_id = segmentation.GetSegmentIdBySegmentName(spec.name)
