@@ -111,3 +111,12 @@ def test_preview_volume_rejects_images_that_are_not_3d_ct(sample_ct):
         PreviewVolume.from_image(sample_ct[:, :, 40])
     with pytest.raises(ValueError, match="4x4 affine"):
         PreviewVolume.from_kji_array(np.zeros((2, 3, 4), np.int16), np.eye(3))
+
+
+@pytest.mark.parametrize("stored_as", ["RAS", "IRA", "PSL"])
+def test_preview_volume_reports_the_canonical_in_plane_spacing(sample_ct, stored_as):
+    anisotropic = sitk.Image(sample_ct)
+    anisotropic.SetSpacing((0.8, 0.6, 2.5))
+    stored = sitk.DICOMOrient(anisotropic, stored_as)
+    spacing = to_canonical(stored).GetSpacing()  # (x, y, z)
+    assert PreviewVolume.from_image(stored).spacing_yx == pytest.approx((spacing[1], spacing[0]))

@@ -94,6 +94,11 @@ class PreviewVolume:
         """(Z, Y, X) of the canonical view."""
         return tuple(self.hu.shape)
 
+    @property
+    def spacing_yx(self) -> Tuple[float, float]:
+        """In-plane voxel size (row, column) of the canonical slices in mm, as :func:`segment_image` passes it."""
+        return (self._axes.spacing[1], self._axes.spacing[0])
+
     def to_input_grid(self, slice_yx: np.ndarray, index: int) -> Tuple[np.ndarray, np.ndarray, int, int]:
         """Canonical slice ``index``'s values laid out on the input's own grid, as a one-slice volume.
 
