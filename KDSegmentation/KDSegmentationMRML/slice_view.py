@@ -65,8 +65,11 @@ def parent_to_world(node) -> Optional[np.ndarray]:
 
 
 def _volume_key(volume_node) -> str:
-    """Changes when the node, its voxels or its IJK-to-RAS change (the node's MTime covers the matrix)."""
-    return f"{volume_node.GetID()}@{volume_node.GetMTime()}:{volume_node.GetImageData().GetMTime()}"
+    """Changes when the node, its voxels or its IJK-to-RAS change, not on a rename or a display change."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    geometry = ",".join(repr(float(v)) for v in slicer.util.arrayFromVTKMatrix(matrix).ravel())
+    return f"{volume_node.GetID()}@{volume_node.GetImageData().GetMTime()}:{geometry}"
 
 
 def preview_input(volume_node, previous: Optional[PreviewInput] = None) -> PreviewInput:

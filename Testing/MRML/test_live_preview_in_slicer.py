@@ -329,3 +329,20 @@ def test_every_preview_node_goes_on_input_change_and_scene_close(app, views, sam
 
 def test_remove_slice_preview_on_a_scene_without_preview(app, views):
     assert remove_slice_preview(app.scene) == 0
+
+
+def test_the_volume_is_copied_again_only_when_its_voxels_or_geometry_change(app, views, sample):
+    from KDSegmentationMRML.slice_view import preview_input
+
+    first = preview_input(sample)
+    sample.SetName("renamed CT")
+    sample.GetDisplayNode().SetAutoWindowLevel(0)
+    sample.GetDisplayNode().SetWindowLevel(400, 40)
+    assert preview_input(sample, first) is first
+    sample.SetSpacing(3.0, 3.0, 2.5)
+    moved = preview_input(sample, first)
+    assert moved is not first and moved.ijk_to_ras[2, 2] == pytest.approx(2.5)
+    slicer.util.arrayFromVolume(sample)[0, 0, 0] += 100
+    slicer.util.arrayFromVolumeModified(sample)
+    edited = preview_input(sample, moved)
+    assert edited is not moved and edited.array_kji[0, 0, 0] == moved.array_kji[0, 0, 0] + 100
