@@ -511,11 +511,15 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
         return settings
 
     def livePreviewController(self, scene):
-        """The live preview for ``scene`` (Red view), opening its own model session on its worker thread."""
-        from KDSegmentationLib.slicer_support.live_preview import registry_segmenter_factory
+        """The live preview for ``scene`` (Red view); it shares the Segment button's ONNX session."""
         from KDSegmentationMRML.live_preview_controller import LivePreviewController
 
-        return LivePreviewController(scene, lambda settings: registry_segmenter_factory(self.registry())(settings))
+        def openSegmenter(settings):  # on the preview's worker thread
+            if settings.device != "cpu":
+                preload_cuda_libraries()
+            return self._segmenters.get(self.registry(), settings.model_id, settings.device, settings.threads)
+
+        return LivePreviewController(scene, openSegmenter)
 
     def runSettings(self, modelId: str = "", device: str = "auto", structures: str = "", postprocess: bool = True,
                     batchSize: int = 8, threads: Optional[int] = None):
