@@ -268,3 +268,21 @@ def test_icons_are_pngs_of_the_expected_size():
                 assert image.size == size
             colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
             assert colours is None or len(colours) > 16  # a drawing, not a blank square
+
+
+def _method_calls(class_name: str, method: str):
+    tree = ast.parse(MODULE.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name)
+    body = next(n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == method)
+    return {ast.unparse(n.func) for n in ast.walk(body) if isinstance(n, ast.Call)}
+
+
+def test_widget_fixes_from_the_review_stay_wired():
+    """Qt-side fixes that need a Slicer GUI to run, guarded here by their wiring:
+    refilling the structure list (model change) re-evaluates Segment; closing the module
+    stops and joins the worker and frees the session; auto-selection skips label maps."""
+    assert "self._updateButtonState" in _method_calls("KDSegmentationWidget", "onModelChanged")
+    cleanup = _method_calls("KDSegmentationWidget", "cleanup")
+    assert "self._task.stop" in cleanup and "self.logic.releaseSession" in cleanup
+    assert "first_ct_volume" in _method_calls("KDSegmentationWidget", "initializeParameterNode")
+    assert "self._segmenters.get" in _method_calls("KDSegmentationLogic", "_work")
