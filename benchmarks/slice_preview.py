@@ -12,7 +12,9 @@ latency is that whole call (not the MRML update, which needs Slicer). Reported: 
 p95 over all slices (target: p95 <= 50 ms on a 2-core CPU), per-stage medians, and,
 measured interleaved in the same run so that machine load cancels out, the ratio to
 the full pipeline's cost per slice (batches of 8). The 1-minute load average is
-printed and saved: absolute figures on a busy machine are inflated, the ratio is not.
+printed and saved: absolute figures on a busy machine are inflated, the ratio is not, and
+neither (much) is the process's CPU time per preview, also reported (with one inference
+thread it approximates the latency on an idle machine).
 Prints figures; asserts nothing.
 """
 
@@ -93,12 +95,13 @@ def main() -> int:
 
     hu = sitk.GetArrayViewFromImage(canonical)  # what the full pipeline batches, for the side-by-side cost
     segmenter = preview.segmenter  # the same warm session
-    latencies, stages, per_slice_batched = [], {}, []
+    latencies, cpu_times, stages, per_slice_batched = [], [], {}, []
     for z in range(args.slices):
         request = ViewRequest(settings, volume, axial_view_through(canonical_ijk_to_ras, z), np.eye(4))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         outcome = preview(request)
         latencies.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         assert outcome.view.index == z and outcome.preview.labels.shape == (1, 512, 512)
         for stage, seconds in outcome.timings.items():
             stages.setdefault(stage, []).append(seconds)
@@ -112,6 +115,8 @@ def main() -> int:
         "p50_ms": percentile_ms(latencies, 50),
         "p95_ms": percentile_ms(latencies, 95),
         "mean_ms": float(np.mean(latencies) * 1000.0),
+        "cpu_p50_ms": percentile_ms(cpu_times, 50),
+        "cpu_p95_ms": percentile_ms(cpu_times, 95),
         "slices": args.slices,
         "slice_size": [512, 512],
         "model": card.id,
@@ -124,6 +129,8 @@ def main() -> int:
     }
     print(f"one preview over {args.slices} slices of 512x512: p50 {figures['p50_ms']:.1f} ms, "
           f"p95 {figures['p95_ms']:.1f} ms, mean {figures['mean_ms']:.1f} ms (target p95 <= 50 ms)")
+    print(f"  CPU time of the process per preview (all its threads): p50 {figures['cpu_p50_ms']:.1f} ms, "
+          f"p95 {figures['cpu_p95_ms']:.1f} ms; with --threads 1 this is close to the latency on an idle machine")
     print("  stage medians (ms): " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in figures["stage_p50_ms"].items()))
     print(f"side by side: full pipeline {figures['full_pipeline_per_slice_p50_ms']:.1f} ms per slice in batches of 8; "
           f"a preview costs {figures['ratio_preview_to_full_pipeline_per_slice']:.2f}x that")
