@@ -38,7 +38,7 @@ def test_sample_segmentation_writes_label_map_volumes_and_timings(capsys, plumbi
     seg = sitk.ReadImage(str(out))
     assert _same_geometry(seg, example_ct) and seg.GetPixelID() == sitk.sitkUInt8
     data = json.loads(vol.read_text(encoding="utf-8"))
-    assert set(data["volumes_ml"]) == ORGANS and data["model"] == "untrained-plumbing" and data["device"] == "cpu"
+    assert set(data["volumes_ml"]) == ORGANS and data["model"] == "plumbing" and data["device"] == "cpu"
     assert list(data["timings_s"]) == ["read", "load", "preprocess", "infer", "postprocess", "write"]
     labels = sitk.GetArrayFromImage(seg)
     voxel_ml = np.prod(seg.GetSpacing()) / 1000
@@ -193,7 +193,7 @@ def test_unknown_model_or_structure(capsys, plumbing_registry, tmp_path, args, c
     out = tmp_path / "seg.nii.gz"
     result, _, stderr = _run(capsys, plumbing_registry, "segment", "--sample", "-o", out, *args)
     assert result == code and expected in stderr and stderr.startswith("error: ")
-    assert "untrained-plumbing" in stderr or "Valid structures: aorta" in stderr  # the fix names valid choices
+    assert "plumbing" in stderr or "Valid structures: aorta" in stderr  # the fix names valid choices
     assert not out.exists()
 
 
@@ -279,9 +279,9 @@ def test_models_download_and_exit_codes_of_the_installed_command(plumbing_regist
     cli = [sys.executable, "-m", "KDSegmentationLib.cli", "--registry", str(plumbing_registry)]
     text = {"capture_output": True, "encoding": "utf-8", "errors": "replace", "timeout": 120}
     listing = subprocess.run(cli + ["models"], **text)
-    assert listing.returncode == 0 and "untrained-plumbing (default)" in listing.stdout
+    assert listing.returncode == 0 and "plumbing (default)" in listing.stdout
     assert "available offline" in listing.stdout and "liver" in listing.stdout
-    download = subprocess.run(cli + ["download", "untrained-plumbing"], **text)
+    download = subprocess.run(cli + ["download", "plumbing"], **text)
     assert download.returncode == 0 and "verified weights at" in download.stdout
     unknown = subprocess.run(cli + ["download", "nope"], **text)
     assert unknown.returncode == EXIT_MODEL and unknown.stderr.startswith("error: Unknown model id 'nope'")

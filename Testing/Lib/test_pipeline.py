@@ -49,7 +49,7 @@ def test_batch_size_does_not_change_the_result(small_ct, segmenter_name, request
     for other in arrays[1:]:
         np.testing.assert_array_equal(other, arrays[0])
     assert set(results[0].timings) == {"preprocess", "infer", "postprocess"}
-    assert results[0].model_id == "untrained-plumbing" and results[0].device == "cpu"
+    assert results[0].model_id == "plumbing" and results[0].device == "cpu"
 
 
 def test_band_engine_gives_every_class_on_real_ct(small_ct, band_segmenter):

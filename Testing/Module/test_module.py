@@ -67,7 +67,7 @@ def test_module_logic_path_on_real_ct(example_ct, plumbing_segmenter):
     assert "SCT^10200004^Liver" in result.segments[1].terminology
     assert result.display_names == {"kidney_left": "Left kidney", "liver": "Liver", "spleen": "Spleen"}
     assert set(result.volumes_ml) == set(result.display_names)
-    assert (result.model_id, result.model_title, result.device) == ("untrained-plumbing", "Untrained plumbing model",
+    assert (result.model_id, result.model_title, result.device) == ("plumbing", "Plumbing model",
                                                                     "cpu")
     assert format_timings(result.timings, result.device).startswith("Done in ")
 

@@ -36,8 +36,8 @@ from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 def test_run_settings_accept_the_module_defaults(plumbing_registry):
     settings, card = run_settings(load_registry(plumbing_registry))
     assert (settings.model_id, settings.device, settings.structures, settings.postprocess, settings.batch_size) == \
-        ("untrained-plumbing", "auto", None, True, 8)
-    assert card.id == "untrained-plumbing"
+        ("plumbing", "auto", None, True, 8)
+    assert card.id == "plumbing"
 
 
 def test_run_settings_canonicalise_structures_in_label_order(plumbing_registry):

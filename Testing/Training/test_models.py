@@ -57,10 +57,15 @@ def test_default_student_is_under_a_tenth_of_teacher_params_and_macs(teacher):
     assert get_config("student-shsa").hidden_size == get_config("student-mhsa").hidden_size
 
 
-@pytest.mark.parametrize("name", ["student-shsa", "student-mhsa", "student-shsa-tiny"])
+# Every registered configuration; one transformer layer keeps the teacher affordable and
+# changes neither the shapes nor what the taps and gradients tests check.
+ALL_MODELS = list_models()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 @pytest.mark.parametrize("size, classes", [((32, 32), 2), ((64, 96), 9), ((128, 64), 5)])
 def test_output_shapes(name, size, classes):
-    model = create_model(name, num_classes=classes, img_size=64).eval()
+    model = create_model(name, num_classes=classes, img_size=64, depth=1).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 1, *size))
     assert out.shape == (2, classes, *size)
@@ -142,9 +147,9 @@ def test_multi_head_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(probs, expected_probs, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["student-shsa", "student-mhsa"])
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_taps_do_not_change_logits_nor_the_mac_count(name):
-    model = create_model(name, img_size=64).eval()
+    model = create_model(name, img_size=64, depth=1).eval()
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         plain, tapped = model(x), model(x, return_features=True)
@@ -155,7 +160,7 @@ def test_taps_do_not_change_logits_nor_the_mac_count(name):
     assert count_macs(model, 64) == explicit.get_total_flops() // 2
 
 
-@pytest.mark.parametrize("name", ["student-shsa-tiny", "student-mhsa"])
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_parameter_receives_a_gradient(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, img_size=32, depth=1, dropout=0.0)
