@@ -10,14 +10,15 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import __version__
 from .atomic_files import write_text_atomic
 from .errors import EXIT_CANCELLED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, KDSegError, OutputError
-from .progress import ProgressEvent, Stage
+from .progress import CancelToken, ProgressEvent, Stage
 
 __all__ = ["main", "build_parser"]
 
@@ -132,6 +133,34 @@ def _check_json_path(path: Path) -> None:
         raise OutputError(f"Folder {parent} for --volumes-json is not writable.", "Choose a writable path.")
 
 
+class _BackgroundLoad:
+    """Runs ``load(cancel_token)`` on a thread; :meth:`result` waits and returns or re-raises."""
+
+    def __init__(self, load: Callable[[CancelToken], object]) -> None:
+        self._cancel = CancelToken()
+        self._outcome: dict = {}
+        self._thread = threading.Thread(target=self._run, args=(load,), name="kdseg-model-load", daemon=True)
+        self._thread.start()
+
+    def _run(self, load: Callable[[CancelToken], object]) -> None:
+        try:
+            self._outcome["value"] = load(self._cancel)
+        except BaseException as exc:  # handed to the main thread by result()
+            self._outcome["error"] = exc
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+    def close(self) -> None:
+        """Cancel a download still running and wait for the thread: a thread left inside ONNX Runtime's
+        C++ code when the interpreter exits aborts the process (exit -6 instead of the error's code)."""
+        self._cancel.cancel()
+        self._thread.join()
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .imaging.image_files import check_output_path, read_image, write_image_atomic
     from .imaging.intensity_checks import reject_unusable_values
@@ -156,6 +185,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     progress = _TqdmProgress(enabled=not args.no_progress and sys.stderr.isatty())
     timings = {}
+    # The model is verified and loaded on a second thread while the volume is read: reading
+    # is mostly one core decompressing, so the other core is free for it.
+    loading = _BackgroundLoad(lambda cancel: Segmenter.from_registry(
+        card.id, device=args.device, threads=args.threads, registry=registry, progress=progress, cancel=cancel))
     try:
         start = time.perf_counter()
         image = read_image(source, args.series)
@@ -163,9 +196,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         timings["read"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        segmenter = Segmenter.from_registry(card.id, device=args.device, threads=args.threads,
-                                            registry=registry, progress=progress)
-        timings["load"] = time.perf_counter() - start
+        segmenter = loading.result()
+        timings["load"] = time.perf_counter() - start  # what was left of loading once the volume was read
 
         options = SegmentationOptions(structures=args.structures, postprocess=not args.no_postprocess,
                                       batch_size=args.batch_size)
@@ -177,6 +209,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         write_image_atomic(result.labels, args.output)
         timings["write"] = time.perf_counter() - start
     finally:
+        loading.close()  # after a read error or Ctrl-C: stop a download, let ONNX Runtime finish loading
         progress.close()
     if args.volumes_json is not None:
         _write_json_atomic({"model": result.model_id, "device": result.device, "input": str(source),

@@ -53,8 +53,9 @@ class LabelExtents:
         points = np.stack([np.asarray(a, dtype=np.int64).ravel() for a in (z, y, x)], axis=1)  # (M, 3)
         order = np.argsort(values, kind="stable")
         values, points = values[order], points[order]
-        first = np.flatnonzero(np.diff(values, prepend=values[0] - 1))  # runs of equal values (np.unique
-        present = values[first]  # would import numpy.ma, slowing every start-up)
+        keys = values.astype(np.int64)
+        first = np.flatnonzero(np.diff(keys, prepend=keys[0] - 1))  # runs of equal values (np.unique
+        present = keys[first]  # would import numpy.ma, slowing every start-up)
         lowers = np.minimum.reduceat(points, first, axis=0)
         uppers = np.maximum.reduceat(points, first, axis=0)
         for value, lower, upper in zip(present.tolist(), lowers, uppers):

@@ -42,7 +42,12 @@ def _session_options(threads: Optional[int], quiet: bool = False):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
+    options.inter_op_num_threads = 1  # one graph, run node after node: no second pool
+    # Idle intra-op threads sleep instead of spinning. The CPU is shared with the pipeline's
+    # own pre/post-processing between runs, Slicer's GUI thread and other programs; with
+    # spinning, a 2-core machine under load ran the same segmentation 1.4-4x slower (spinning
+    # and sleeping sessions interleaved; benchmarks/segment_volume.py prints both per batch).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if quiet:
         # The probe reports why CUDA is unusable in one line; ONNX Runtime's own
         # provider-loading errors would only repeat it on stderr.
