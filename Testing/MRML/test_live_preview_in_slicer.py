@@ -137,6 +137,21 @@ def _organ_offset(volume, label_kji, value):
     return (slicer.util.arrayFromVTKMatrix(matrix) @ np.array([0, 0, k, 1.0]))[2]
 
 
+def _warp_node(app):
+    """A non-linear (thin-plate spline) transform node."""
+    bend = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point in ((0, 0, 0), (100, 0, 0), (0, 100, 0), (0, 0, 100)):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(point[0] + 5, point[1], point[2])
+    bend.SetSourceLandmarks(source)
+    bend.SetTargetLandmarks(target)
+    bend.SetBasisToR()
+    warp = app.scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
+    warp.SetAndObserveTransformToParent(bend)
+    return warp
+
+
 # --- which slice is under the view --------------------------------------------------------
 
 
@@ -182,16 +197,7 @@ def test_parent_transforms_linear_and_not(app, views, sample):
     ours = slice_under_view(red.GetSliceNode(), sample, prepared)
     assert slicer_k >= 0 and ours.state is ViewState.AXIAL and ours.index == slicer_k  # LPS->RAS keeps k
 
-    bend = vtk.vtkThinPlateSplineTransform()
-    source, target = vtk.vtkPoints(), vtk.vtkPoints()
-    for point in ((0, 0, 0), (100, 0, 0), (0, 100, 0), (0, 0, 100)):
-        source.InsertNextPoint(point)
-        target.InsertNextPoint(point[0] + 5, point[1], point[2])
-    bend.SetSourceLandmarks(source)
-    bend.SetTargetLandmarks(target)
-    bend.SetBasisToR()
-    warp = app.scene.AddNewNodeByClass("vtkMRMLTransformNode", "warp")
-    warp.SetAndObserveTransformToParent(bend)
+    warp = _warp_node(app)
     sample.SetAndObserveTransformNodeID(warp.GetID())
     result = slice_under_view(red.GetSliceNode(), sample, prepared)
     assert result.state is ViewState.NONLINEAR_TRANSFORM and "non-linear" in result.hint
@@ -346,3 +352,32 @@ def test_the_volume_is_copied_again_only_when_its_voxels_or_geometry_change(app,
     slicer.util.arrayFromVolumeModified(sample)
     edited = preview_input(sample, moved)
     assert edited is not moved and edited.array_kji[0, 0, 0] == moved.array_kji[0, 0, 0] + 100
+
+
+def test_a_model_that_cannot_open_stops_the_preview_with_its_message(app, views, sample, settings):
+    from KDSegmentationLib.errors import WeightsError
+
+    def unavailable(settings):
+        raise WeightsError("Weights of model kdseg-student-shsa-demo are not available offline.",
+                           "Click Segment once to download them.")
+
+    controller = LivePreviewController(app.scene, unavailable)
+    try:
+        controller.start(sample, settings)
+        status = _settle(controller)
+        assert status == ("Weights of model kdseg-student-shsa-demo are not available offline. "
+                          "Click Segment once to download them.")
+        assert not controller.active and preview_nodes(app.scene) == []
+    finally:
+        assert controller.close(timeout=WAIT)
+
+
+def test_a_non_linear_parent_transform_gets_the_hint(app, views, sample, controller, settings):
+    warp = _warp_node(app)
+    controller.start(sample, settings)
+    assert _settle(controller).startswith("Live preview: axial slice")
+    sample.SetAndObserveTransformNodeID(warp.GetID())  # observed: the preview reacts at once
+    assert "non-linear" in _settle(controller)
+    assert preview_nodes(app.scene) == [] and controller.active
+    sample.SetAndObserveTransformNodeID(None)
+    assert _settle(controller).startswith("Live preview: axial slice")
