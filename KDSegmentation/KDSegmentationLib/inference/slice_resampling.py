@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["axis_weights", "resize_slices", "resize_channels", "argmax_resized"]
+__all__ = ["axis_weights", "resize_slices", "resize_channels", "argmax_resized", "argmax_interpolated"]
 
 
 def axis_weights(n_in: int, n_out: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,12 +107,29 @@ def _class_argmax(scores: np.ndarray, axis: int) -> np.ndarray:
     return index
 
 
-def _argmax_running_max(logits: np.ndarray, out_hw: Sequence[int]) -> np.ndarray:
-    """Same result as :func:`argmax_resized`, one full-size class map at a time."""
-    best = resize_slices(logits[:, 0], out_hw)
+Taps = Tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Linear-interpolation taps of one axis: (lo, hi, w), output = (1 - w) * x[lo] + w * x[hi]."""
+
+
+def _blend(array: np.ndarray, axis: int, taps: Taps) -> np.ndarray:
+    """The float32 blend of :func:`resize_slices` along ``axis`` with the given taps."""
+    lo, hi, w = taps
+    shape = [1] * array.ndim
+    shape[axis] = lo.size
+    out = np.take(array, lo, axis=axis)
+    out += (np.take(array, hi, axis=axis) - out) * w.reshape(shape)
+    return out
+
+
+def _argmax_running_max(logits: np.ndarray, rows: Taps, cols: Taps) -> np.ndarray:
+    """Same result as :func:`argmax_interpolated`, one full-size class map at a time."""
+    def interpolated(index: int) -> np.ndarray:
+        return _blend(_blend(np.asarray(logits[:, index], dtype=np.float32), 1, rows), 2, cols)
+
+    best = interpolated(0)
     labels = np.zeros(best.shape, dtype=np.uint8)
     for index in range(1, logits.shape[1]):
-        candidate = resize_slices(logits[:, index], out_hw)
+        candidate = interpolated(index)
         better = candidate > best
         np.copyto(best, candidate, where=better)
         labels[better] = index
@@ -152,6 +169,29 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
                    extents=None, first_slice: int = 0) -> np.ndarray:
     """Class index of the largest linearly resized score: ``resize_channels(logits, out_hw).argmax(1)``.
 
+    :func:`argmax_interpolated` with the edge-aligned taps of :func:`axis_weights`.
+
+    Args:
+        logits: ``(N, C, h, w)`` scores (logits or probabilities), 1 <= C <= 256.
+        out_hw: (out_h, out_w) of the result.
+        out, extents, first_slice: as for :func:`argmax_interpolated`.
+
+    Returns:
+        ``(N, out_h, out_w)`` uint8 class indices (``out`` when given).
+    """
+    if logits.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) logits, got shape {logits.shape}")
+    return argmax_interpolated(logits, axis_weights(logits.shape[2], int(out_hw[0])),
+                               axis_weights(logits.shape[3], int(out_hw[1])), out, extents, first_slice)
+
+
+def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optional[np.ndarray] = None,
+                        extents=None, first_slice: int = 0) -> np.ndarray:
+    """Class index of the largest linearly interpolated score at the taps' positions.
+
+    Equals interpolating every class map with ``rows`` then ``cols`` (float32, y first, as
+    :func:`resize_slices` does) and taking the argmax.
+
     A resized pixel's scores are a convex combination of its four source pixels'
     scores. Where one class wins at all four (ties going to the lower index, as with
     ``argmax``), it wins every convex combination too, so the answer is known without
@@ -166,7 +206,9 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
 
     Args:
         logits: ``(N, C, h, w)`` scores (logits or probabilities), 1 <= C <= 256.
-        out_hw: (out_h, out_w) of the result.
+        rows, cols: (lo, hi, w) taps of the out_h output rows into the h source rows and of
+            the out_w columns into the w source columns; ``hi = min(lo + 1, n - 1)`` and
+            ``lo`` non-decreasing (as :func:`axis_weights` and ``model_grid.axis_taps`` give).
         out: optional ``(N, out_h, out_w)`` uint8 array (or view) to write into.
         extents: optional :class:`~KDSegmentationLib.inference.label_extents.LabelExtents`
             of the whole map; every written label's box grows to hold its pixels.
@@ -180,13 +222,16 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
     n, classes, h, w = logits.shape
     if not 1 <= classes <= 256:
         raise ValueError(f"expected 1 to 256 classes, got {classes}")
-    shape = (n, int(out_hw[0]), int(out_hw[1]))
+    (lo_y, hi_y, w_y), (lo_x, hi_x, w_x) = rows, cols
+    for name, (lo, hi), size in (("rows", (lo_y, hi_y), h), ("cols", (lo_x, hi_x), w)):
+        if lo.size == 0 or lo.min() < 0 or hi.max() >= size or np.any(np.diff(lo) < 0) or \
+                not np.array_equal(hi, np.minimum(lo + 1, size - 1)):
+            raise ValueError(f"{name} taps must read a {size}-pixel axis with non-decreasing lo and hi = lo + 1")
+    shape = (n, lo_y.size, lo_x.size)
     if out is not None and (out.shape != shape or out.dtype != np.uint8):
         raise ValueError(f"out must be uint8 of shape {shape}, got {out.dtype} {out.shape}")
     if out is None:
         out = np.empty(shape, dtype=np.uint8)
-    lo_y, hi_y, w_y = axis_weights(h, shape[1])
-    lo_x, hi_x, w_x = axis_weights(w, shape[2])
     source = _class_argmax(logits, axis=1)  # (N, h, w)
     # A cell (i, k) has corners (i, k), (i + 1, k), (i, k + 1), (i + 1, k + 1), clamped at the edge
     # exactly as axis_weights clamps hi; output pixel (y, x) lies in cell (lo_y[y], lo_x[x]).
@@ -198,7 +243,7 @@ def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.n
     mixed |= source != down[:, :, right]
     if np.count_nonzero(mixed) > _DENSE_BOUNDARY_FRACTION * mixed.size:
         # Boundaries everywhere (noise-like scores): a running maximum over whole class maps is cheaper.
-        out[...] = _argmax_running_max(logits, shape[1:])
+        out[...] = _argmax_running_max(logits, rows, cols)
         if extents is not None:
             _report_extents(extents, out, first_slice)
         return out
