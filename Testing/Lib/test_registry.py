@@ -107,6 +107,8 @@ INVALID_ENTRIES = [
      "models[0].labels[2].terminology.type.meaning", True),
     (lambda e: e["labels"][2]["terminology"].pop("category"), "models[0].labels[2].terminology.category", True),
     (lambda e: e["labels"][6].update(colour=[1, 2, 3]), "models[0].labels[6].colour: unknown field", True),
+    (lambda e: e["input"].update(pixel_spacing_mm=0), "models[0].input.pixel_spacing_mm", True),
+    (lambda e: e["input"].update(pixel_spacing_mm="3 mm"), "models[0].input.pixel_spacing_mm", True),
 ]
 
 
@@ -127,7 +129,7 @@ def test_invalid_entry_names_the_model_and_field(plumbing_registry, jsonschema_p
 
 
 @pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.update(schema_version=2), "field schema_version: expected 1, got 2"),
+    (lambda d: d.update(schema_version=3), "field schema_version: expected one of 1, 2, got 3"),
     (lambda d: d.update(default_model_id="student"), "field default_model_id: 'student' is not the id"),
     (lambda d: d["models"].append(d["models"][0]), "field models[1].id: duplicate id 'plumbing'"),
     (lambda d: d.update(models={}), "field models: expected a list"),
@@ -256,3 +258,19 @@ def test_url_rule_matches_the_schema(url, allowed):
     assert url_is_allowed(url) is allowed
     url_schema = _schema()["definitions"]["model"]["properties"]["urls"]["items"]
     assert jsonschema.Draft7Validator(url_schema).is_valid(url) is allowed
+
+
+def test_physical_size_cards_need_schema_2_and_version_1_cards_stay_resize_mode(plumbing_registry):
+    data = json.loads(plumbing_registry.read_text(encoding="utf-8"))
+    assert data["schema_version"] == 2 and "pixel_spacing_mm" not in data["models"][0]["input"]
+    # A registry written by the previous version (schema 1, no spacing) still loads, as resize mode.
+    _rewrite(plumbing_registry, lambda d: d.update(schema_version=1))
+    assert load_registry(plumbing_registry).get(None).input.pixel_spacing_mm is None
+    # Schema 1 cannot declare a physical-size input.
+    _rewrite(plumbing_registry, lambda d: d["models"][0]["input"].update(pixel_spacing_mm=3.0))
+    with pytest.raises(RegistryError, match="needs schema_version 2"):
+        load_registry(plumbing_registry)
+    _rewrite(plumbing_registry, lambda d: d.update(schema_version=2))
+    card = load_registry(plumbing_registry).get(None)
+    assert card.input.pixel_spacing_mm == 3.0
+    assert card_to_dict(card)["input"]["pixel_spacing_mm"] == 3.0

@@ -1,8 +1,16 @@
-"""README figures: the shipped model's organs on a slice of the bundled sample CT, and the
-teacher / student-with-KD / student-without-KD validation Dice chart; prints the model card's
-per-organ table (Markdown) from the same evaluation reports.
+"""README figures and model-card tables of the demonstration weights, from the evaluation reports.
 
-    python Training/demo/make_figures.py RUNS_DIR OUTPUT_DIR
+- ``segmentation.png``: the shipped model's organs on a slice of the bundled sample CT;
+- ``kd_ablation.png``: validation Dice per organ of teacher, KD student and no-KD student
+  (full data; held-back band of the example CT and the dcmqi patient);
+- ``lopo.png``: the leave-one-patient-out check, Dice per organ on the DICOM patient that
+  none of these models saw, recipe v1 against recipe v2;
+- printed: both tables (Markdown) for the model card, README and Training/README.
+
+    python Training/demo/make_figures.py RUNS_DIR OUTPUT_DIR [SHIPPED_RUN]
+
+Evaluation reports are read from ``RUNS_DIR/eval/<run>/evaluation.json`` (see
+``reproduce_demo_weights_v2.sh``); a run without one is left out of tables and figures and named.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Dict
 
 import matplotlib
 
@@ -49,18 +58,36 @@ def overlay(output: Path) -> None:
     plt.close(fig)
 
 
-MODELS = {"teacher R50-ViT-B/16": "teacher_demo", "student SHSA + KD (shipped)": "student_distill_demo",
-          "student SHSA, no KD": "student_nokd_demo"}
+SHIPPED = sys.argv[3] if len(sys.argv) > 3 else "student_distill_v2"
+
+# title -> evaluation folder under RUNS_DIR/eval
+FULL_DATA = {"teacher R50-ViT-B/16": "teacher_v2_fullval", "student + KD": "student_distill_v2",
+             "student, no KD": "student_nokd_v2"}
+LOPO = {"v1 recipe student, no KD": "student_nokd_demo_lopo", "v2 student, no KD": "student_nokd_v2_lopo",
+        "v2 student + KD": "student_distill_v2_lopo", "v2 teacher": "teacher_v2"}
 
 
-def _summary(runs: Path, run: str) -> dict:
-    return json.loads((runs / "eval" / run / "evaluation.json").read_text(encoding="utf-8"))["summary"]
+def _titles(models: Dict[str, str]) -> Dict[str, str]:
+    return {(f"{title} (shipped)" if run == SHIPPED else title): run for title, run in models.items()}
 
 
-def ablation_table(runs: Path) -> str:
-    """Per-organ validation Dice / HD95 (mm) of the three demo models, as a Markdown table (model card)."""
-    summaries = {title: _summary(runs, run) for title, run in MODELS.items()}
-    lines = ["| organ (validation cases) | " + " | ".join(MODELS) + " |", "|---|" + "---|" * len(MODELS)]
+def _summaries(runs: Path, models: Dict[str, str]) -> Dict[str, dict]:
+    found = {}
+    for title, run in _titles(models).items():
+        path = runs / "eval" / run / "evaluation.json"
+        if path.is_file():
+            found[title] = json.loads(path.read_text(encoding="utf-8"))["summary"]
+        else:
+            print(f"(no evaluation report for {run}: left out)", file=sys.stderr)
+    return found
+
+
+def dice_table(runs: Path, models: Dict[str, str], mean_label: str) -> str:
+    """Per-organ Dice / HD95 (mm) of ``models`` as a Markdown table; organs no case annotates are left out."""
+    summaries = _summaries(runs, models)
+    if not summaries:
+        return "(no evaluation reports)"
+    lines = ["| organ (cases) | " + " | ".join(summaries) + " |", "|---|" + "---|" * len(summaries)]
 
     def cell(stats: dict) -> str:
         return "n/a" if not stats.get("n") else f"{stats['mean']:.3f}"
@@ -79,24 +106,26 @@ def ablation_table(runs: Path) -> str:
             row.append(f"{cell(dice)} / {hd(hd95)}")
         lines.append("| " + " | ".join(row) + " |")
     means = [f"{s['transunet']['mean']['dice']['mean']:.3f}" for s in summaries.values()]
-    lines.append("| **mean Dice, 8 organs** | " + " | ".join(f"**{m}**" for m in means) + " |")
+    lines.append(f"| **{mean_label}** | " + " | ".join(f"**{m}**" for m in means) + " |")
     return "\n".join(lines)
 
 
-def comparison(runs: Path, output: Path) -> None:
-    organs = [o.name for o in SYNAPSE_ORGANS]
+def dice_chart(runs: Path, models: Dict[str, str], title: str, output: Path) -> None:
+    summaries = _summaries(runs, models)
+    organs = [o.name for o in SYNAPSE_ORGANS
+              if any(o.name in s["transunet"]["organs"] for s in summaries.values())]
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.27
-    for i, (title, run) in enumerate(MODELS.items()):
-        per_organ = _summary(runs, run)["transunet"]["organs"]
+    width = 0.8 / max(1, len(summaries))
+    for i, (label, summary) in enumerate(summaries.items()):
+        per_organ = summary["transunet"]["organs"]
         values = [per_organ.get(o, {}).get("dice", {}).get("mean", np.nan) for o in organs]
-        ax.bar(np.arange(len(organs)) + (i - 1) * width, values, width, label=title)
+        ax.bar(np.arange(len(organs)) + (i - (len(summaries) - 1) / 2) * width, values, width, label=label)
     ax.set_xticks(range(len(organs)))
     ax.set_xticklabels(organs, rotation=20, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice (validation)")
-    ax.set_title("Demonstration weights (2 training patients, CPU): validation Dice per organ", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("Dice")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(output, dpi=130)
     plt.close(fig)
@@ -106,5 +135,10 @@ if __name__ == "__main__":
     runs_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     out_dir.mkdir(parents=True, exist_ok=True)
     overlay(out_dir / "segmentation.png")
-    comparison(runs_dir, out_dir / "kd_ablation.png")
-    print(ablation_table(runs_dir))
+    dice_chart(runs_dir, FULL_DATA, "Demonstration weights v2 (2 training patients, CPU): validation Dice per organ",
+               out_dir / "kd_ablation.png")
+    dice_chart(runs_dir, LOPO, "Leave-one-patient-out: Dice on the DICOM patient (trained on the other patient only)",
+               out_dir / "lopo.png")
+    print(dice_table(runs_dir, FULL_DATA, "mean Dice, 8 organs"))
+    print()
+    print(dice_table(runs_dir, LOPO, "mean Dice, 5 organs"))

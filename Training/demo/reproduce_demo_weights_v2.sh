@@ -59,6 +59,11 @@ stage_evaluate() {
     kdseg-train export   "$C/$run.yaml" --run "$RUNS/$run" --release "$RUNS/eval_release/$run"
     kdseg-train evaluate "$C/$run.yaml" --model "$RUNS/eval_release/$run/registry.json" -o "$RUNS/eval/$run"
   done
+  # The teacher also on the full-data students' validation cases (its own are the LOPO patient's).
+  if [ -f "$RUNS/eval_release/teacher_v2/registry.json" ]; then
+    kdseg-train evaluate "$C/student_nokd_v2.yaml" --model "$RUNS/eval_release/teacher_v2/registry.json" \
+        -o "$RUNS/eval/teacher_v2_fullval"
+  fi
 }
 
 stage_ship() {
@@ -67,7 +72,7 @@ stage_ship() {
         -o "$RUNS/sample_seg.nii.gz" --device cpu --volumes-json "$RUNS/sample_volumes.json"
   python Training/demo/compute_record.py "$RUNS" $ALL_RUNS > "$RUNS/latency.json"
   local compare=()
-  for run in $ALL_RUNS; do
+  for run in $ALL_RUNS teacher_v2_fullval; do
     if [ "$run" != "$SHIP" ] && [ -f "$RUNS/eval/$run/evaluation.json" ]; then
       compare+=("$run=$RUNS/eval/$run/evaluation.json")
     fi
@@ -75,7 +80,7 @@ stage_ship() {
   kdseg-train export "$C/$SHIP.yaml" --run "$RUNS/$SHIP" --release Resources/Models \
       --evaluation "$RUNS/eval/$SHIP/evaluation.json" --compare "${compare[@]}" \
       --metrics-json "$RUNS/latency.json"
-  python Training/demo/make_figures.py "$RUNS" Resources/Screenshots
+  python Training/demo/make_figures.py "$RUNS" Resources/Screenshots "$SHIP"
 }
 
 case "$STAGE" in

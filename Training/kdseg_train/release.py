@@ -144,7 +144,8 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
         architecture=model.config.name, file=onnx_name, size_bytes=onnx_path.stat().st_size,
         sha256=sha256_of(onnx_path), urls=tuple(urls) or (onnx_name,),
         input=InputSpec(channels=1, height=model.img_size, width=model.img_size, hu_window=(low, high),
-                        normalization="window_to_unit", slice_orientation="LPS"),
+                        normalization="window_to_unit", slice_orientation="LPS",
+                        pixel_spacing_mm=_pixel_spacing(config)),
         labels=labels_from_anatomy(), training=json_safe(training),
         metrics=json_safe(metrics), license=weights_licence, intended_use=intended_use)
     write_registry(registry_path, others + [card], default_id)
@@ -180,6 +181,12 @@ def datalist_licences(config: Dict[str, Any]) -> List[str]:
                 if meta.get("licence"):
                     out.append(f"{meta.get('title') or meta.get('layout')}: {meta['licence']}")
     return out
+
+
+def _pixel_spacing(config: Dict[str, Any]) -> Optional[float]:
+    """The model grid's mm per pixel (physical-size input), or None (resize mode), from the run's ``model:``."""
+    spacing = (config.get("model") or {}).get("pixel_spacing_mm")
+    return None if spacing is None else float(spacing)
 
 
 def export_release(run_dir: Path, release_dir: Path, model_id: str, title: str, config: Dict[str, Any],

@@ -61,6 +61,14 @@ class LabelExtents:
         for value, lower, upper in zip(present.tolist(), lowers, uppers):
             self.include_box(int(value), lower, upper)
 
+    def include_label_map(self, labels: np.ndarray, first_slice: int = 0) -> None:
+        """Grow the boxes to hold every label of a full-resolution (n, Y, X) batch starting at slice ``first_slice``."""
+        for value in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)):
+            mask = labels == value
+            spans = [np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+            self.include_box(int(value), (first_slice + spans[0][0], spans[1][0], spans[2][0]),
+                             (first_slice + spans[0][-1], spans[1][-1], spans[2][-1]))
+
     def contains(self, value: int) -> bool:
         """Whether any voxel of ``value`` was reported."""
         return bool(self._upper[value, 0] >= 0)

@@ -36,13 +36,14 @@ from ..weights.model_registry import ModelCard, ModelRegistry, load_registry
 from ..weights.resolution import resolve_weights
 from .label_extents import LabelExtents
 from .label_volumes import label_volumes_ml
+from .model_grid import ModelGrid
 from .onnx_engine import InferenceEngine
 from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
 from .slice_resampling import argmax_resized, axis_weights, resize_slices
 
-__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "classify_slices", "segment_image",
-           "segment_file", "structure_label_values"]
+__all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "classify_slices", "model_grid",
+           "segment_image", "segment_file", "structure_label_values"]
 
 _log = logging.getLogger("KDSegmentationLib")
 
@@ -197,9 +198,47 @@ def _model_input(hu_slices: np.ndarray, card: ModelCard) -> np.ndarray:
     return resize_slices(unit, (height, card.input.width))[:, None]
 
 
+def model_grid(card: ModelCard) -> ModelGrid:
+    """The grid a card's input spec defines (physical-size mode when it gives ``pixel_spacing_mm``)."""
+    return ModelGrid(card.input.height, card.input.width, card.input.pixel_spacing_mm)
+
+
+def _classify_physical(hu_slices: np.ndarray, segmenter: Segmenter, spacing_yx: Optional[Sequence[float]],
+                       out: Optional[np.ndarray], extents: Optional[LabelExtents], first_slice: int,
+                       timings: Optional[Dict[str, float]]) -> np.ndarray:
+    """:func:`classify_slices` for a physical-size card: slices resampled to its mm grid and back."""
+    card = segmenter.card
+    if spacing_yx is None:
+        raise ValueError(f"model {card.id} takes slices at {card.input.pixel_spacing_mm} mm per pixel: pass the "
+                         "slices' in-plane spacing_yx (mm) to classify_slices")
+    grid = model_grid(card)
+    count, height, width = hu_slices.shape
+    start = time.perf_counter()
+    batch = grid.to_model(window_to_unit(hu_slices, card.input.hu_window), spacing_yx)[:, None]
+    preprocessed = time.perf_counter()
+    logits = segmenter.engine.run(batch)
+    inferred = time.perf_counter()
+    _check_logits(card, logits, count)
+    labels = grid.argmax_to_slice(logits, (height, width), spacing_yx, out=out)
+    if extents is not None:
+        extents.include_label_map(labels, first_slice)
+    if timings is not None:
+        timings["preprocess"] = timings.get("preprocess", 0.0) + preprocessed - start
+        timings["infer"] = timings.get("infer", 0.0) + inferred - preprocessed
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - inferred
+    return labels
+
+
+def _check_logits(card: ModelCard, logits: np.ndarray, count: int) -> None:
+    expected = (count, card.num_classes, card.input.height, card.input.width)
+    if tuple(logits.shape) != expected:
+        raise RegistryError(f"Model {card.id} returned logits of shape {tuple(logits.shape)}; its registry "
+                            f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
+
+
 def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[np.ndarray] = None,
                     timings: Optional[Dict[str, float]] = None, extents: Optional[LabelExtents] = None,
-                    first_slice: int = 0) -> np.ndarray:
+                    first_slice: int = 0, spacing_yx: Optional[Sequence[float]] = None) -> np.ndarray:
     """Class index of every pixel of canonical axial slices: one model call, no 3D post-processing.
 
     The per-batch step of :func:`segment_image`, also used alone by the live slice
@@ -213,24 +252,26 @@ def classify_slices(hu_slices: np.ndarray, segmenter: Segmenter, out: Optional[n
             (seconds) are increased by this call's stages.
         extents: optional boxes of the whole label map, grown to hold these slices' labels.
         first_slice: index of ``hu_slices[0]`` in the volume ``extents`` describes.
+        spacing_yx: in-plane voxel size (row, column) in mm; required by physical-size
+            models (card ``input.pixel_spacing_mm``), unused in resize mode.
 
     Returns:
         (n, Y, X) uint8 class indices (``out`` when given).
 
     Raises:
         RegistryError: the model's output does not match its card.
+        ValueError: a physical-size model and no ``spacing_yx``.
     """
     card = segmenter.card
+    if card.input.pixel_spacing_mm is not None:
+        return _classify_physical(hu_slices, segmenter, spacing_yx, out, extents, first_slice, timings)
     count, height, width = hu_slices.shape
     start = time.perf_counter()
     batch = _model_input(hu_slices, card)
     preprocessed = time.perf_counter()
     logits = segmenter.engine.run(batch)
     inferred = time.perf_counter()
-    expected = (count, card.num_classes, card.input.height, card.input.width)
-    if tuple(logits.shape) != expected:
-        raise RegistryError(f"Model {card.id} returned logits of shape {tuple(logits.shape)}; its registry "
-                            f"entry implies {expected}.", "The registry entry does not match the ONNX file.")
+    _check_logits(card, logits, count)
     # Class maps, not the small argmax, are interpolated so that boundaries are
     # placed at the input's resolution.
     labels = argmax_resized(logits, (height, width), out=out, extents=extents, first_slice=first_slice)
@@ -275,6 +316,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
     hu = axes.view(voxels)  # canonical (Z, Y, X) slices, still no copy
     warnings = check_ct_intensities(hu)
     depth, height, width = hu.shape
+    spacing_yx = (axes.spacing[1], axes.spacing[0])  # canonical (x, y, z) spacing -> (row, column)
     _log.info("Input %s %s, spacing %s mm -> %d axial slices of %dx%d, model grid %dx%d",
               orientation_code(image), image.GetSize(), tuple(round(s, 3) for s in image.GetSpacing()),
               depth, height, width, card.input.height, card.input.width)
@@ -288,7 +330,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
         _check_cancel(cancel)
         last = min(first + options.batch_size, depth)
         classify_slices(hu[first:last], segmenter, out=labels[first:last], timings=timings, extents=extents,
-                        first_slice=first)
+                        first_slice=first, spacing_yx=spacing_yx)
         report(progress, Stage.INFERRING, last, depth, f"slice {last} of {depth}")
     del hu, voxels
 

@@ -144,11 +144,7 @@ def _pixel_runs(lo: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def _report_extents(extents, labels: np.ndarray, first_slice: int) -> None:
     """Exact boxes of a full-resolution batch (the dense path)."""
-    for value in np.flatnonzero(np.bincount(labels.ravel(), minlength=1)):
-        mask = labels == value
-        spans = [np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-        extents.include_box(int(value), (first_slice + spans[0][0], spans[1][0], spans[2][0]),
-                            (first_slice + spans[0][-1], spans[1][-1], spans[2][-1]))
+    extents.include_label_map(labels, first_slice)
 
 
 def _report_cell_extents(extents, source: np.ndarray, first_slice: int, y_runs, x_runs) -> None:

@@ -29,9 +29,12 @@ from .url_policy import is_registry_location
 
 __all__ = ["InputSpec", "LabelInfo", "ModelCard", "ModelRegistry", "load_registry", "validate_registry_data",
            "url_is_allowed", "card_from_dict", "card_to_dict", "write_registry", "labels_from_anatomy", "schema_path",
-           "REGISTRY_SCHEMA_VERSION", "NORMALIZATIONS"]
+           "REGISTRY_SCHEMA_VERSION", "READABLE_SCHEMA_VERSIONS", "NORMALIZATIONS"]
 
-REGISTRY_SCHEMA_VERSION = 1
+REGISTRY_SCHEMA_VERSION = 2
+"""Written by this version. 2 added ``input.pixel_spacing_mm`` (physical-size input)."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Read by this version: a version-1 card has no ``pixel_spacing_mm`` and means resize mode."""
 NORMALIZATIONS = ("window_to_unit",)
 SCHEMA_FILE_NAME = "registry.schema.json"
 
@@ -43,7 +46,8 @@ _TOP_KEYS = {"$schema", "schema_version", "default_model_id", "models"}
 _MODEL_REQUIRED = ("id", "title", "version", "description", "architecture", "file", "size_bytes", "sha256",
                    "urls", "input", "labels", "training", "metrics", "license", "intended_use")
 _INPUT_REQUIRED = ("channels", "height", "width", "hu_window")
-_INPUT_KEYS = set(_INPUT_REQUIRED) | {"normalization", "slice_orientation", "input_name", "output_name"}
+_INPUT_KEYS = set(_INPUT_REQUIRED) | {"normalization", "slice_orientation", "input_name", "output_name",
+                                     "pixel_spacing_mm"}
 _LABEL_KEYS = {"index", "name", "display_name", "color", "terminology"}
 _CODED_KEYS = ("scheme", "code", "meaning")
 
@@ -59,6 +63,9 @@ class InputSpec:
         normalization: how HU become model input; only "window_to_unit" exists.
         slice_orientation: orientation of the canonical volume the slices come from.
         input_name / output_name: ONNX tensor names.
+        pixel_spacing_mm: mm per model pixel: slices are resampled to it and centred on the
+            model grid (physical-size mode, ``inference.model_grid``); None: each slice's field
+            of view is resized onto the grid (TransUNet; every schema-1 card).
     """
 
     channels: int
@@ -69,6 +76,7 @@ class InputSpec:
     slice_orientation: str = "LPS"
     input_name: str = "image"
     output_name: str = "logits"
+    pixel_spacing_mm: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -264,8 +272,12 @@ def _input_spec(value: Any, path: str) -> InputSpec:
         raise _Invalid(f"{path}.slice_orientation", f"{orientation!r} is not a 3-letter orientation code like 'LPS'")
     input_name = _string(spec.get("input_name", "image"), f"{path}.input_name", non_empty=True)
     output_name = _string(spec.get("output_name", "logits"), f"{path}.output_name", non_empty=True)
+    spacing = spec.get("pixel_spacing_mm")
+    if spacing is not None and not (_is_number(spacing) and spacing > 0):
+        raise _Invalid(f"{path}.pixel_spacing_mm", f"must be a positive number of mm per model pixel, got "
+                       f"{_short(spacing)}")
     return InputSpec(channels, height, width, (float(window[0]), float(window[1])), normalization, orientation,
-                     input_name, output_name)
+                     input_name, output_name, None if spacing is None else float(spacing))
 
 
 def _label(value: Any, position: int, path: str) -> LabelInfo:
@@ -388,15 +400,19 @@ def validate_registry_data(data: Any, source: Optional[Path] = None) -> Tuple[Di
     model_id: Optional[str] = None
     try:
         top = _object(data, "", ("schema_version", "models"), _TOP_KEYS)
-        if top["schema_version"] != REGISTRY_SCHEMA_VERSION or isinstance(top["schema_version"], bool):
-            raise _Invalid("schema_version", f"expected {REGISTRY_SCHEMA_VERSION}, got {_short(top['schema_version'])}"
-                           " (this KDSegmentation version reads registry schema version "
-                           f"{REGISTRY_SCHEMA_VERSION})")
+        version = top["schema_version"]
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
+            raise _Invalid("schema_version", f"expected one of {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}, got "
+                           f"{_short(version)} (this KDSegmentation version reads registry schema versions "
+                           f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; update KDSegmentation for newer ones)")
         if not isinstance(top["models"], list):
             raise _Invalid("models", f"expected a list, got {_short(top['models'])}")
         for i, raw in enumerate(top["models"]):
             model_id = _model_id_at(top, ["models", i])
             card = _card(raw, f"models[{i}]")
+            if version < 2 and card.input.pixel_spacing_mm is not None:
+                raise _Invalid(f"models[{i}].input.pixel_spacing_mm", "needs schema_version 2 (version 1 cards are "
+                               "resize mode); set schema_version to 2")
             if card.id in models:
                 raise _Invalid(f"models[{i}].id", f"duplicate id {card.id!r}")
             models[card.id] = card
@@ -429,6 +445,8 @@ def card_to_dict(card: ModelCard) -> Dict[str, Any]:
     data = asdict(card)
     data["urls"] = list(card.urls)
     data["input"]["hu_window"] = list(card.input.hu_window)
+    if card.input.pixel_spacing_mm is None:
+        del data["input"]["pixel_spacing_mm"]  # resize mode: the field is absent, as in schema 1
     data["labels"] = [dict(asdict(label), color=list(label.color)) for label in card.labels]
     return data
 
