@@ -188,9 +188,8 @@ class SlicePreviewer:
             raise ValueError(f"slice index must be a whole number in [0, {depth - 1}], got {index!r}")
         index = int(index)
         timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
-        spacing = volume.image.GetSpacing()  # canonical (x, y, z)
         labels = classify_slices(volume.hu[index:index + 1], self.segmenter, timings=timings,
-                                 spacing_yx=(spacing[1], spacing[0]))
+                                 spacing_yx=volume.spacing_yx)
         start = time.perf_counter()
         if not self._keep_all:
             keep_structures(labels, self._keep)
