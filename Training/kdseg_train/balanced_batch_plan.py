@@ -22,6 +22,7 @@ from typing import Iterator, List, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+from .errors import UsageError
 
 __all__ = ["BalancedBatchPlan", "balanced_slice_weights"]
 
@@ -37,7 +38,7 @@ def balanced_slice_weights(presence: np.ndarray) -> np.ndarray:
     """
     presence = np.asarray(presence, dtype=bool)
     if presence.ndim != 2 or presence.shape[0] < 1:
-        raise ValueError(f"presence must be (N slices, K organs), got shape {presence.shape}")
+        raise UsageError(f"presence must be (N slices, K organs), got shape {presence.shape}")
     n = presence.shape[0]
     counts = presence.sum(axis=0)
     buckets = [presence[:, k] / counts[k] for k in range(presence.shape[1]) if counts[k] > 0]
@@ -61,9 +62,9 @@ class BalancedBatchPlan(Sampler):
     def __init__(self, presence: np.ndarray, global_batch_size: int, seed: int, start_step: int = 0,
                  max_steps: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if global_batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {global_batch_size}")
+            raise UsageError(f"data.batch_size must be >= 1, got {global_batch_size}")
         if global_batch_size % world_size:
-            raise ValueError(f"data.batch_size {global_batch_size} is the global batch and must be divisible by "
+            raise UsageError(f"data.batch_size {global_batch_size} is the global batch and must be divisible by "
                              f"the number of processes ({world_size})")
         self.weights = torch.as_tensor(balanced_slice_weights(presence))
         self.num_samples = int(self.weights.numel())

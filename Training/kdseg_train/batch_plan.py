@@ -18,6 +18,7 @@ from typing import Iterator, List, Tuple
 
 import torch
 from torch.utils.data import Dataset, Sampler
+from .errors import UsageError
 
 __all__ = ["BatchPlan", "EpochIndexedDataset"]
 
@@ -37,12 +38,12 @@ class BatchPlan(Sampler):
     def __init__(self, num_samples: int, global_batch_size: int, seed: int, start_step: int = 0,
                  max_steps: int = 0, rank: int = 0, world_size: int = 1) -> None:
         if global_batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {global_batch_size}")
+            raise UsageError(f"data.batch_size must be >= 1, got {global_batch_size}")
         if global_batch_size % world_size:
-            raise ValueError(f"data.batch_size {global_batch_size} is the global batch and must be divisible by "
+            raise UsageError(f"data.batch_size {global_batch_size} is the global batch and must be divisible by "
                              f"the number of processes ({world_size})")
         if num_samples < global_batch_size:
-            raise ValueError(f"the training set has {num_samples} slices, fewer than data.batch_size "
+            raise UsageError(f"the training set has {num_samples} slices, fewer than data.batch_size "
                              f"{global_batch_size}; lower data.batch_size or add cases")
         self.num_samples = num_samples
         self.global_batch_size = global_batch_size

@@ -18,6 +18,8 @@ import yaml
 from KDSegmentationLib.atomic_files import write_text_atomic
 from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW, DEFAULT_INPUT_SIZE
 
+from .errors import UsageError
+
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "save_config"]
 
 DEFAULTS: Dict[str, Any] = {
@@ -88,7 +90,7 @@ DEFAULTS: Dict[str, Any] = {
 _OPEN_SECTIONS = {("model", "overrides"), ("distill",)}
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or override is malformed; the message names the key and the fix."""
 
 

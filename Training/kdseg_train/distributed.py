@@ -15,6 +15,7 @@ from typing import Any, List
 
 import torch
 import torch.distributed as dist
+from .errors import UsageError
 
 __all__ = ["DistributedContext", "init_distributed", "select_device", "gather_batch"]
 
@@ -81,7 +82,7 @@ def select_device(requested: str, context: DistributedContext) -> torch.device:
         RuntimeError: ``cuda`` requested without a usable GPU.
     """
     if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {requested!r}")
+        raise UsageError(f"train.device must be auto, cpu or cuda, got {requested!r}")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():

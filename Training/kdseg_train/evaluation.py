@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.atomic_files import write_text_atomic
 
+from .errors import UsageError
 from .json_values import json_safe
 from .metrics import mean_std, physical_case_metrics, transunet_case_metrics
 from .model_source import ModelSource, load_run_model
@@ -73,7 +74,7 @@ def _predict_onnx(segmenter, case: EvaluationCase, hu_window, postprocess: bool,
     from KDSegmentationLib.inference.pipeline import SegmentationOptions, segment_image
 
     if case.image.ndim != 3:
-        raise ValueError(f"case {case.name}: the Lib's pipeline segments CT volumes; evaluate video frames with "
+        raise UsageError(f"case {case.name}: the Lib's pipeline segments CT volumes; evaluate video frames with "
                          "--backend pytorch")
     result = segment_image(_image_for_lib(case, hu_window), segmenter,
                            SegmentationOptions(postprocess=postprocess, batch_size=batch_size))
@@ -101,14 +102,14 @@ def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
     from .volume_inference import predict_case
 
     if backend not in ("onnx", "pytorch"):
-        raise ValueError(f"evaluate.backend must be onnx or pytorch, got {backend!r}")
+        raise UsageError(f"evaluate.backend must be onnx or pytorch, got {backend!r}")
     if source.kind == "registry" and backend == "pytorch":
-        raise ValueError("a release registry holds ONNX models; evaluate it with --backend onnx, or pass the run "
+        raise UsageError("a release registry holds ONNX models; evaluate it with --backend onnx, or pass the run "
                          "folder for --backend pytorch")
     ev = config["evaluate"]
     entries = ev.get("cases") or config["data"].get("val") or []
     if not entries:
-        raise ValueError("no evaluation cases: set evaluate.cases or data.val in the config")
+        raise UsageError("no evaluation cases: set evaluate.cases or data.val in the config")
     num_classes = int(config["model"]["num_classes"])
     hu_window = config["data"]["hu_window"]
     img_size = int(config["model"]["img_size"])

@@ -22,6 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from KDSegmentationLib.atomic_files import atomic_file, write_text_atomic
 
+from .errors import UsageError
 from .models import TransUNet, TransUNetConfig
 from .models.resnet_v2 import StdConv2d
 
@@ -157,11 +158,11 @@ def export_onnx(model: nn.Module, path: Union[str, Path], img_size: int, opset: 
         RuntimeError: ONNX Runtime disagrees with PyTorch beyond ``atol`` (no file is left).
     """
     if img_size < 32 or img_size % 16:
-        raise ValueError(f"img_size must be a multiple of 16 and at least 32, got {img_size}")
+        raise UsageError(f"img_size must be a multiple of 16 and at least 32, got {img_size}")
     if opset < 17:
-        raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
+        raise UsageError(f"opset must be >= 17 (LayerNormalization), got {opset}")
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+        raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     folded = fold_for_inference(model)
     in_channels = int(getattr(model, "in_channels", 1))
     dummy = torch.zeros(1, in_channels, img_size, img_size)
@@ -240,18 +241,18 @@ def load_safetensors_model(directory: Union[str, Path]) -> TransUNet:
         model = TransUNet(TransUNetConfig.from_dict(meta["config"]), int(meta["num_classes"]),
                           int(meta["img_size"]), int(meta["in_channels"]))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{cfg_path} does not describe a TransUNet ({type(exc).__name__}: {exc}); "
+        raise UsageError(f"{cfg_path} does not describe a TransUNet ({type(exc).__name__}: {exc}); "
                          "re-export the model with export_safetensors") from exc
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights} is not a readable safetensors file ({exc}); re-export it") from exc
+        raise UsageError(f"{weights} is not a readable safetensors file ({exc}); re-export it") from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"{weights} does not fit the architecture in {cfg_path}: missing {missing[:5]}, "
+        raise UsageError(f"{weights} does not fit the architecture in {cfg_path}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}")
     model.load_state_dict(state)
     return model.eval()

@@ -25,6 +25,7 @@ from KDSegmentationLib.weights.url_policy import is_publishable_url
 from KDSegmentationLib.weights.model_registry import (InputSpec, ModelCard, card_to_dict, labels_from_anatomy,
                                                       load_registry, write_registry)
 
+from .errors import UsageError
 from .json_values import json_safe
 from .release_card import render_model_card
 
@@ -111,7 +112,7 @@ def write_release(model: nn.Module, run_dir: Optional[Path], release_dir: Path, 
     from .export import export_onnx
 
     if getattr(model, "in_channels", 1) != 1 or getattr(model, "num_classes", 9) != 9:
-        raise ValueError("the Lib segments CT with the 8 Synapse organs: only 1-channel, 9-class models can be "
+        raise UsageError("the Lib segments CT with the 8 Synapse organs: only 1-channel, 9-class models can be "
                          f"released (this one has {model.in_channels} channels, {model.num_classes} classes); "
                          "use kdseg_train.export.export_onnx for other models")
     release_dir = Path(release_dir)
@@ -165,7 +166,7 @@ def check_download_url(url: str) -> str:
         ValueError: another scheme, no host, or plain http to another host.
     """
     if not is_publishable_url(url):
-        raise ValueError(f"download URL {url!r} must be an https:// address of the ONNX file (http:// only for "
+        raise UsageError(f"download URL {url!r} must be an https:// address of the ONNX file (http:// only for "
                          "127.0.0.1/localhost, for tests); kdseg refuses anything else")
     return url
 

@@ -26,6 +26,7 @@ from KDSegmentationLib.inference.model_grid import ModelGrid
 from .data import AxialSliceDataset, CTVolume, load_ct_volume
 from .data.grid_slices import GridSliceDataset
 from .data.tiny_data_augmentation import TinyDataAugmentation
+from .errors import UsageError
 
 __all__ = ["EvaluationCase", "entry_format", "load_cases", "build_training_dataset", "model_grid", "AUGMENTATIONS"]
 
@@ -58,15 +59,15 @@ class EvaluationCase:
 def entry_format(entry: Dict[str, Any]) -> str:
     """The ``format`` of a data entry (``nifti`` when it names an image)."""
     if not isinstance(entry, dict):
-        raise ValueError(f"data entry {entry!r} must be a mapping such as {{image: ..., label: ..., remap: ...}}")
+        raise UsageError(f"data entry {entry!r} must be a mapping such as {{image: ..., label: ..., remap: ...}}")
     fmt = entry.get("format", "nifti" if "image" in entry else None)
     if fmt not in FORMATS:
-        raise ValueError(f"data entry {entry}: format must be one of {', '.join(FORMATS)} (or give image: and "
+        raise UsageError(f"data entry {entry}: format must be one of {', '.join(FORMATS)} (or give image: and "
                          "label: paths)")
     if fmt == "nifti":
         for key in ("image", "label"):
             if key not in entry:
-                raise ValueError(f"data entry {entry} has no {key}: path")
+                raise UsageError(f"data entry {entry} has no {key}: path")
             if not Path(entry[key]).exists():
                 raise FileNotFoundError(f"data entry {entry.get('name', entry['image'])}: {key} {entry[key]} does "
                                         "not exist (paths are relative to the folder you run kdseg-train from)")
@@ -81,7 +82,7 @@ def _volume_range(volume: CTVolume, entry: Dict[str, Any]) -> Tuple[CTVolume, Tu
         return volume, (0, z)
     start, stop = entry["slices"]
     if not 0 <= float(start) < float(stop) <= 1:
-        raise ValueError(f"data entry {entry.get('name')}: slices must be [a, b] fractions with 0 <= a < b <= 1")
+        raise UsageError(f"data entry {entry.get('name')}: slices must be [a, b] fractions with 0 <= a < b <= 1")
     a, b = int(round(float(start) * z)), int(round(float(stop) * z))
     return volume.slice_range(float(start), float(stop)), (a, b)
 
@@ -166,13 +167,13 @@ def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int
     """
     entries = data.get("train") or []
     if not entries:
-        raise ValueError("data.train lists no cases; add image/label entries (see Training/README.md)")
+        raise UsageError("data.train lists no cases; add image/label entries (see Training/README.md)")
     grid = grid if grid is not None else ModelGrid(img_size, img_size)
     augmentation = data.get("augmentation", "transunet")
     if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
+        raise UsageError(f"data.augmentation must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     if grid.physical and augmentation == "transunet":
-        raise ValueError("model.pixel_spacing_mm is set but data.augmentation is transunet, which resizes every "
+        raise UsageError("model.pixel_spacing_mm is set but data.augmentation is transunet, which resizes every "
                          "slice to the grid; set data.augmentation=tiny_data (or model.pixel_spacing_mm=null)")
     augment = bool(data.get("augment", True))
     parts: List[Dataset] = []
@@ -183,7 +184,7 @@ def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int
             from .data.cataract import Cataract1KDataset
 
             if augmentation != "transunet":
-                raise ValueError("data.augmentation tiny_data is for CT slices; Cataract-1K frames use transunet")
+                raise UsageError("data.augmentation tiny_data is for CT slices; Cataract-1K frames use transunet")
             parts.append(Cataract1KDataset(Path(entry["root"]), entry.get("split", "train"),
                                            entry.get("task", "instrument"), img_size=img_size, augment=augment,
                                            seed=seed))

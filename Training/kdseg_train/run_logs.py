@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from KDSegmentationLib.atomic_files import atomic_file
+from .errors import UsageError
 
 __all__ = ["CsvLog", "read_csv", "open_tensorboard"]
 
@@ -29,7 +30,7 @@ class CsvLog:
 
     def __init__(self, path: Path, columns: Sequence[str], resume_step: Optional[int] = None) -> None:
         if columns[0] != "step":
-            raise ValueError("the first CSV column must be 'step'")
+            raise UsageError("the first CSV column must be 'step'")
         self.path = Path(path)
         self.columns = list(columns)
         if self.path.is_file() and resume_step is not None:
@@ -47,7 +48,7 @@ class CsvLog:
         with open(self.path, newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
         if rows and rows[0] != self.columns:
-            raise ValueError(f"{self.path} has columns {rows[0]}, this run writes {self.columns}; the config changed "
+            raise UsageError(f"{self.path} has columns {rows[0]}, this run writes {self.columns}; the config changed "
                              "between the run and its resume (terms, validation cases), so resume is refused")
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step] if rows else [self.columns]
         with atomic_file(self.path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:

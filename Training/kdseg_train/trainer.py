@@ -37,6 +37,7 @@ from .checkpoint import (CheckpointError, capture_rng_state, latest_checkpoint, 
                          restore_rng_state, save_checkpoint)
 from .config import save_config
 from .distributed import DistributedContext, init_distributed, select_device
+from .errors import UsageError
 from .metrics import validation_dice
 from .run_data import EvaluationCase, build_training_dataset, load_cases, model_grid
 from .run_logs import CsvLog, open_tensorboard
@@ -106,7 +107,7 @@ def _build_criterion(cfg: Dict[str, Any], student: nn.Module, teacher: nn.Module
     terms = {k: v for k, v in cfg.items() if k not in _DISTILL_SETTINGS}
     criterion = DistillationCriterion(terms, student, teacher, num_classes)
     if not list(criterion.terms):
-        raise ValueError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight=0.5); "
+        raise UsageError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight=0.5); "
                          "use `kdseg-train train` for a run without a teacher")
     return criterion
 
@@ -163,7 +164,7 @@ def _amp_setting(requested: Any, device: torch.device) -> Tuple[bool, Optional[t
     if requested in (False, "false", "off", None):
         return False, None
     if requested not in ("auto", True, "true", "on"):
-        raise ValueError(f"train.amp must be auto, true or false, got {requested!r}")
+        raise UsageError(f"train.amp must be auto, true or false, got {requested!r}")
     if device.type == "cuda":
         return True, torch.float16
     if requested == "auto":
@@ -191,14 +192,14 @@ class Trainer:
         self.amp, self.amp_dtype = _amp_setting(train_cfg.get("amp", "auto"), self.device)
         self.max_steps = int(train_cfg["max_steps"])
         if self.max_steps < 1:
-            raise ValueError(f"train.max_steps must be >= 1, got {self.max_steps}")
+            raise UsageError(f"train.max_steps must be >= 1, got {self.max_steps}")
         self.seed = int(train_cfg["seed"])
         self.img_size = int(model_cfg["img_size"])
         self.num_classes = int(model_cfg["num_classes"])
         self.grid = model_grid(model_cfg)
         self.sampling = str(data_cfg.get("sampling", "uniform"))
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+            raise UsageError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
 
         torch.manual_seed(self.seed)
         model = build_model(model_cfg)
@@ -206,11 +207,11 @@ class Trainer:
         criterion = None
         if distill:
             if not config["distill"].get("teacher"):
-                raise ValueError("distill.teacher is not set: give the output folder of the teacher's `kdseg-train "
+                raise UsageError("distill.teacher is not set: give the output folder of the teacher's `kdseg-train "
                                  "train` run (e.g. --set distill.teacher=runs/teacher_demo)")
             self.teacher = load_teacher(Path(config["distill"]["teacher"])).to(self.device)
             if getattr(self.teacher, "img_size", self.img_size) != self.img_size:
-                raise ValueError(f"the teacher was trained at {self.teacher.img_size} px and the student is configured "
+                raise UsageError(f"the teacher was trained at {self.teacher.img_size} px and the student is configured "
                                  f"for {self.img_size} px; both see the same batch, so set model.img_size="
                                  f"{self.teacher.img_size}")
             _check_teacher_grid(Path(config["distill"]["teacher"]), model_cfg)
@@ -237,7 +238,7 @@ class Trainer:
 
         self.dataset = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed, grid=self.grid)
         if self.sampling == "class_balanced" and not hasattr(self.dataset, "organ_presence"):
-            raise ValueError("data.sampling class_balanced needs CT slices on the model grid: set "
+            raise UsageError("data.sampling class_balanced needs CT slices on the model grid: set "
                              "data.augmentation=tiny_data")
         self.cached_logits = False
         if criterion is not None:
@@ -268,7 +269,7 @@ class Trainer:
         logit_only = all(name in LOGIT_TERMS for name in criterion.terms) and not criterion.needs_features
         if not logit_only or not hasattr(self.dataset, "attach_logits"):
             if setting not in ("auto", True, "true", "on"):
-                raise ValueError(f"distill.logit_cache {setting!r}: cached logits serve only "
+                raise UsageError(f"distill.logit_cache {setting!r}: cached logits serve only "
                                  f"{', '.join(LOGIT_TERMS)} on data.augmentation=tiny_data; the active terms "
                                  f"{sorted(criterion.terms)} need the teacher's forward pass (set logit_cache=auto)")
             return False
@@ -396,7 +397,7 @@ class Trainer:
                 if old.get(key) != new.get(key):
                     changed.append(f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
         if changed:
-            raise ValueError(f"cannot resume {self.out}: the config differs from the run's saved config.yaml in "
+            raise UsageError(f"cannot resume {self.out}: the config differs from the run's saved config.yaml in "
                              f"{'; '.join(changed)}. Resume with the original settings, or start a new run in "
                              "another output folder")
         if int((saved.get("train") or {}).get("max_steps", self.max_steps)) != self.max_steps:
@@ -603,7 +604,7 @@ def _check_teacher_grid(teacher_dir: Path, model_cfg: Dict[str, Any]) -> None:
     teacher_model = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model") or {}
     theirs, ours = teacher_model.get("pixel_spacing_mm"), model_cfg.get("pixel_spacing_mm")
     if theirs != ours:
-        raise ValueError(f"the teacher in {teacher_dir} was trained with model.pixel_spacing_mm={theirs} and the "
+        raise UsageError(f"the teacher in {teacher_dir} was trained with model.pixel_spacing_mm={theirs} and the "
                          f"student is configured with {ours}; both must see the same slices, so set "
                          f"model.pixel_spacing_mm={theirs}")
 

@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     from KDSegmentationLib.errors import KDSegError
 
     from ..data.layout_convert import convert_layout
+    from ..errors import UsageError
 
     try:
         datalist = convert_layout(args.layout, args.source, args.root, args.splits, args.overwrite, args.synapse,
@@ -44,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     except KDSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (UsageError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"datalist: {datalist}")

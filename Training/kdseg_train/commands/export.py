@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import UsageError
 from .common import add_config_arguments, report_errors
 
 __all__ = ["register"]
@@ -22,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     release = Path(args.release or ex.get("release") or run_dir / "release")
     model_id = args.model_id or ex.get("model_id")
     if not model_id:
-        raise ValueError("no model id: set export.model_id in the config or pass --model-id (lowercase, e.g. "
+        raise UsageError("no model id: set export.model_id in the config or pass --model-id (lowercase, e.g. "
                          "my-student-shsa)")
     evaluation = args.evaluation or ex.get("evaluation")
     if evaluation is None:
@@ -35,20 +36,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_json:
         extra = json.loads(Path(args.metrics_json).read_text(encoding="utf-8"))
         if not isinstance(extra, dict):
-            raise ValueError(f"{args.metrics_json} must hold a JSON object")
+            raise UsageError(f"{args.metrics_json} must hold a JSON object")
     if args.compare:
         comparisons = {}
         for item in args.compare:
             name, sep, path = item.partition("=")
             if not sep or not path:
-                raise ValueError(f"--compare expects NAME=EVALUATION_JSON, got {item!r}")
+                raise UsageError(f"--compare expects NAME=EVALUATION_JSON, got {item!r}")
             comparisons[name] = json.loads(Path(path).read_text(encoding="utf-8"))["summary"]
         extra["comparisons"] = comparisons
     from ..release import datalist_licences
 
     licences = list(args.data_licence or [])
     if args.url and not licences and not datalist_licences(config):
-        raise ValueError("publishing (--url) needs the licence of the training data: add --data-licence, e.g. "
+        raise UsageError("publishing (--url) needs the licence of the training data: add --data-licence, e.g. "
                          "--data-licence 'BTCV: Synapse syn3193805 conditions of use' (converted datalists state "
                          "theirs automatically)")
     registry = export_release(

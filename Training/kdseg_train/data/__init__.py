@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from KDSegmentationLib.inference.input_defaults import DEFAULT_INPUT_SIZE
 
+from ..errors import UsageError
 from .augmentation import TransUNetAugmentation, augment_slice, resize_pair, sample_seed
 from .cataract import CATARACT_TASKS, Cataract1KDataset
 from .ct_volumes import DEFAULT_HU_WINDOW, CTVolume, load_ct_volume
@@ -62,7 +63,7 @@ def build_transform(cfg: Mapping[str, Any], augment_default: bool = True) -> Tra
     options = dict(cfg.get("augmentation") or {})
     unknown = set(options) - _AUGMENTATION_KEYS
     if unknown:
-        raise ValueError(f"data entry augmentation: unknown option(s) {sorted(unknown)}; known: "
+        raise UsageError(f"data entry augmentation: unknown option(s) {sorted(unknown)}; known: "
                          f"{', '.join(sorted(_AUGMENTATION_KEYS))}")
     return TransUNetAugmentation(img_size=int(cfg.get("img_size", DEFAULT_INPUT_SIZE)), augment=bool(cfg.get("augment",
                                  augment_default)), seed=int(cfg.get("seed", 1234)), **options)
@@ -71,7 +72,7 @@ def build_transform(cfg: Mapping[str, Any], augment_default: bool = True) -> Tra
 def _path(cfg: Mapping[str, Any], key: str) -> Path:
     value = cfg.get(key)
     if not value:
-        raise ValueError(f"data entry ({cfg.get('format')}) needs {key}:")
+        raise UsageError(f"data entry ({cfg.get('format')}) needs {key}:")
     path = Path(value).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data entry ({cfg.get('format')}): {key} {path} does not exist (relative paths are "
@@ -86,9 +87,9 @@ def _fractions(cfg: Mapping[str, Any], key: str):
     try:
         a, b = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"data entry {key}: must be [start, stop] fractions of the z extent, got {value!r}") from None
+        raise UsageError(f"data entry {key}: must be [start, stop] fractions of the z extent, got {value!r}") from None
     if not 0.0 <= a < b <= 1.0:
-        raise ValueError(f"data entry {key}: need 0 <= start < stop <= 1, got [{a}, {b}]")
+        raise UsageError(f"data entry {key}: need 0 <= start < stop <= 1, got [{a}, {b}]")
     return a, b
 
 
@@ -96,7 +97,7 @@ def pairs_from_config(cfg: Mapping[str, Any]) -> List[ImageLabelPair]:
     """Image/label pairs of a ``format: nifti`` entry (exactly one of datalist, images+labels, pairs, image+label)."""
     given = [k for k in ("datalist", "images", "pairs", "image") if cfg.get(k) is not None]
     if len(given) != 1:
-        raise ValueError("a nifti data entry needs exactly one of datalist:, images: + labels: (folders), pairs: "
+        raise UsageError("a nifti data entry needs exactly one of datalist:, images: + labels: (folders), pairs: "
                          f"[{{image, label}}] or image: + label:; got {given or 'none'}")
     if given[0] == "datalist":
         return pairs_from_datalist(_path(cfg, "datalist"), cfg.get("datalist_key", "training"), cfg.get("base_dir"))
@@ -106,7 +107,7 @@ def pairs_from_config(cfg: Mapping[str, Any]) -> List[ImageLabelPair]:
         out = []
         for i, item in enumerate(cfg["pairs"]):
             if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
-                raise ValueError(f"data entry pairs[{i}] needs image: and label:")
+                raise UsageError(f"data entry pairs[{i}] needs image: and label:")
             image, label = _path(item, "image"), _path(item, "label")
             out.append(ImageLabelPair(str(item.get("name") or _case(image)), image, label))
         return out
@@ -135,13 +136,13 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
         FileNotFoundError: missing root, files or lists.
     """
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"a data entry must be a mapping with a format: field, got {cfg!r}")
+        raise UsageError(f"a data entry must be a mapping with a format: field, got {cfg!r}")
     fmt = cfg.get("format")
     if fmt not in DATASET_FORMATS:
-        raise ValueError(f"data entry format must be one of {', '.join(DATASET_FORMATS)}, got {fmt!r}")
+        raise UsageError(f"data entry format must be one of {', '.join(DATASET_FORMATS)}, got {fmt!r}")
     unknown = set(cfg) - _COMMON_KEYS - _FORMAT_KEYS[fmt]
     if unknown:
-        raise ValueError(f"data entry ({fmt}): unknown key(s) {sorted(unknown)}; known: "
+        raise UsageError(f"data entry ({fmt}): unknown key(s) {sorted(unknown)}; known: "
                          f"{', '.join(sorted(_COMMON_KEYS | _FORMAT_KEYS[fmt]))}")
     if fmt == "synapse":
         root, split = _path(cfg, "root"), str(cfg.get("split", "train"))
@@ -150,7 +151,7 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
         if items == "volumes":
             return SynapseVolumeDataset(root, split, list_dir)
         if items != "slices":
-            raise ValueError(f"data entry items: must be slices or volumes, got {items!r}")
+            raise UsageError(f"data entry items: must be slices or volumes, got {items!r}")
         return SynapseSliceDataset(root, split, build_transform(cfg), list_dir)
     if fmt == "cataract1k":
         root = _path(cfg, "root")
@@ -162,13 +163,13 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     unlabeled = tuple(int(u) for u in cfg.get("unlabeled", ()))
     bad = [u for u in unlabeled if not 1 <= u < SYNAPSE_NUM_CLASSES]
     if bad:
-        raise ValueError(f"data entry unlabeled: {bad} are not Synapse organ labels (1..{SYNAPSE_NUM_CLASSES - 1})")
+        raise UsageError(f"data entry unlabeled: {bad} are not Synapse organ labels (1..{SYNAPSE_NUM_CLASSES - 1})")
     hu_window = tuple(float(v) for v in cfg.get("hu_window", DEFAULT_HU_WINDOW))
     items = cfg.get("items", "slices")
     if items == "volumes":
         return NiftiVolumeDataset(pairs, remap, unlabeled, hu_window, _fractions(cfg, "slices"))
     if items != "slices":
-        raise ValueError(f"data entry items: must be slices or volumes, got {items!r}")
+        raise UsageError(f"data entry items: must be slices or volumes, got {items!r}")
     if cfg.get("slices") is not None:
-        raise ValueError("data entry slices: selects an evaluation band (items: volumes); for training use holdout:")
+        raise UsageError("data entry slices: selects an evaluation band (items: volumes); for training use holdout:")
     return NiftiSliceDataset(pairs, remap, unlabeled, build_transform(cfg), _fractions(cfg, "holdout"), hu_window)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Flip, Randomizable, Resize, Rotate, Rotate90
+from ..errors import UsageError
 
 __all__ = ["TransUNetAugmentation", "sample_seed", "augment_slice", "resize_pair"]
 
@@ -79,15 +80,15 @@ class TransUNetAugmentation(Randomizable):
                  rotate_prob: float = 0.5, max_degrees: float = 20.0, rotate_mode: str = "bicubic",
                  resize_mode: str = "bilinear", seed: int = 1234, clip: bool = True) -> None:
         if img_size is not None and int(img_size) <= 0:
-            raise ValueError(f"img_size must be positive, got {img_size}")
+            raise UsageError(f"img_size must be positive, got {img_size}")
         for name, p in (("rot90_flip_prob", rot90_flip_prob), ("rotate_prob", rotate_prob)):
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
+                raise UsageError(f"{name} must be in [0, 1], got {p}")
         for name, mode in (("rotate_mode", rotate_mode), ("resize_mode", resize_mode)):
             if mode not in _IMAGE_MODES:
-                raise ValueError(f"{name} must be one of {', '.join(_IMAGE_MODES)}, got {mode!r}")
+                raise UsageError(f"{name} must be one of {', '.join(_IMAGE_MODES)}, got {mode!r}")
         if max_degrees < 0:
-            raise ValueError(f"max_degrees must be >= 0, got {max_degrees}")
+            raise UsageError(f"max_degrees must be >= 0, got {max_degrees}")
         self.img_size = None if img_size is None else int(img_size)
         self.augment = bool(augment)
         self.rot90_flip_prob, self.rotate_prob = float(rot90_flip_prob), float(rotate_prob)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
 from .augmentation import TransUNetAugmentation
 
 __all__ = ["CATARACT_TASKS", "CATARACT_INSTRUMENTS", "Cataract1KDataset", "read_cataract_mask",
@@ -60,16 +61,16 @@ def read_cataract_mask(path: Path) -> np.ndarray:
         with Image.open(path) as handle:
             mask = np.array(handle)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read mask {path}: {exc}") from None
+        raise UsageError(f"cannot read mask {path}: {exc}") from None
     if mask.ndim == 3:
         if mask.shape[2] == 4:
             mask = mask[..., :3]
         if not (np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2])):
-            raise ValueError(f"{path}: an RGB mask must have three equal channels (they encode class ids); "
+            raise UsageError(f"{path}: an RGB mask must have three equal channels (they encode class ids); "
                              "colour-coded masks are not supported")
         mask = mask[..., 0]
     if mask.ndim != 2:
-        raise ValueError(f"{path}: mask must be a 2D image, got shape {mask.shape}")
+        raise UsageError(f"{path}: mask must be a 2D image, got shape {mask.shape}")
     return mask.astype(np.uint8)
 
 
@@ -82,7 +83,7 @@ def rasterise_supervisely(annotation: Path) -> np.ndarray:
         height, width = int(data["size"]["height"]), int(data["size"]["width"])
         objects = data["objects"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read Supervisely annotation {annotation}: {exc}") from None
+        raise UsageError(f"cannot read Supervisely annotation {annotation}: {exc}") from None
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
 
@@ -112,17 +113,17 @@ def task_labels(mask: np.ndarray, task: str, encoding: str, source: str = "mask"
     """Class ids of ``task`` from a stored mask of ``encoding``."""
     if encoding == "binary":
         if task != "instrument":
-            raise ValueError(f"{source}: binary masks only hold instruments; task {task!r} needs multi-class masks "
+            raise UsageError(f"{source}: binary masks only hold instruments; task {task!r} needs multi-class masks "
                              "(mask_encoding: multiclass) or the Supervisely annotations")
         values = np.unique(mask)
         if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            raise ValueError(f"{source}: a binary mask must hold 0 and one other value, found {values.tolist()}; "
+            raise UsageError(f"{source}: a binary mask must hold 0 and one other value, found {values.tolist()}; "
                              "for masks from the dataset's multi-class script set mask_encoding: multiclass")
         return (mask > 0).astype(np.int64)
     if encoding != "multiclass":
-        raise ValueError(f"mask_encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
+        raise UsageError(f"mask_encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
     if mask.max() >= 4 + len(CATARACT_INSTRUMENTS):
-        raise ValueError(f"{source}: value {int(mask.max())} is no class of the Cataract-1K multi-class masks "
+        raise UsageError(f"{source}: value {int(mask.max())} is no class of the Cataract-1K multi-class masks "
                          f"(0..{3 + len(CATARACT_INSTRUMENTS)})")
     if task == "instrument":
         return (mask >= 4).astype(np.int64)
@@ -153,10 +154,10 @@ class Cataract1KDataset(Dataset):
                  augment: bool = False, seed: int = 1234, mask_encoding: Optional[str] = None,
                  cases: Optional[Sequence[str]] = None) -> None:
         if task not in CATARACT_TASKS:
-            raise ValueError(f"unknown Cataract-1K task {task!r}; choose from {', '.join(CATARACT_TASKS)}")
+            raise UsageError(f"unknown Cataract-1K task {task!r}; choose from {', '.join(CATARACT_TASKS)}")
         encoding = mask_encoding or ("binary" if task == "instrument" else "multiclass")
         if encoding not in _ENCODINGS:
-            raise ValueError(f"mask_encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
+            raise UsageError(f"mask_encoding must be one of {', '.join(_ENCODINGS)}, got {encoding!r}")
         self.root, self.split, self.task, self.mask_encoding = Path(root), split, task, encoding
         self.num_classes = CATARACT_TASKS[task]
         self.transform = transform if transform is not None else TransUNetAugmentation(img_size, augment, seed=seed)
@@ -206,13 +207,13 @@ class Cataract1KDataset(Dataset):
             with Image.open(image_path) as handle:
                 image = np.asarray(handle.convert("RGB"), dtype=np.float32) / 255.0
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read frame {image_path}: {exc}") from None
+            raise UsageError(f"cannot read frame {image_path}: {exc}") from None
         if label_path.suffix == ".json":
             label = task_labels(rasterise_supervisely(label_path), self.task, "multiclass", str(label_path))
         else:
             label = task_labels(read_cataract_mask(label_path), self.task, self.mask_encoding, str(label_path))
         if label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: mask {label.shape} and frame {image.shape[:2]} sizes differ")
+            raise UsageError(f"{label_path}: mask {label.shape} and frame {image.shape[:2]} sizes differ")
         return np.ascontiguousarray(image.transpose(2, 0, 1)), label
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW
 
+from ..errors import UsageError
 from .label_maps import REMAP_TABLES
 
 __all__ = ["add_arguments", "run", "main"]
@@ -58,16 +59,16 @@ def _pairs(args: argparse.Namespace):
                                 ("--image-dir/--label-dir", args.image_dir or args.label_dir),
                                 ("--datalist", args.datalist)) if given]
     if len(modes) != 1:
-        raise ValueError("give exactly one input: --images with --labels, --image-dir with --label-dir, or "
+        raise UsageError("give exactly one input: --images with --labels, --image-dir with --label-dir, or "
                          f"--datalist (got {', '.join(modes) or 'none'})")
     if args.datalist:
         return pairs_from_datalist(args.datalist, args.datalist_key)
     if args.image_dir or args.label_dir:
         if not (args.image_dir and args.label_dir):
-            raise ValueError("--image-dir and --label-dir go together")
+            raise UsageError("--image-dir and --label-dir go together")
         return pairs_from_folders(args.image_dir, args.label_dir)
     if not args.images or not args.labels or len(args.images) != len(args.labels):
-        raise ValueError(f"give as many --labels as --images ({len(args.images or [])} images, "
+        raise UsageError(f"give as many --labels as --images ({len(args.images or [])} images, "
                          f"{len(args.labels or [])} labels)")
     for path in list(args.images) + list(args.labels):
         if not path.exists():
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         names = [p.name for p in pairs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"several inputs have the case name(s) {', '.join(duplicates)}; their files would "
+            raise UsageError(f"several inputs have the case name(s) {', '.join(duplicates)}; their files would "
                              "overwrite each other - rename them or use a datalist with name: fields")
         for pair in pairs:
             volume = load_volumes([pair], table, args.unlabeled, args.hu_window)[0]
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except KDSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (UsageError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -26,6 +26,7 @@ from KDSegmentationLib.imaging.orientation import to_canonical
 from KDSegmentationLib.inference.input_defaults import DEFAULT_HU_WINDOW
 from KDSegmentationLib.inference.preprocessing import window_to_unit
 
+from ..errors import UsageError
 from .label_maps import IGNORE_INDEX, remap_labels, resolve_remap
 
 __all__ = ["CTVolume", "load_ct_volume", "read_label_on_grid", "DEFAULT_HU_WINDOW"]
@@ -58,7 +59,7 @@ class CTVolume:
 
     def __post_init__(self) -> None:
         if self.image.shape != self.labels.shape or self.image.ndim != 3:
-            raise ValueError(f"case {self.name}: image {self.image.shape} and labels {self.labels.shape} must be "
+            raise UsageError(f"case {self.name}: image {self.image.shape} and labels {self.labels.shape} must be "
                              "3D arrays of the same shape")
 
     @property
@@ -68,7 +69,7 @@ class CTVolume:
     def slice_bounds(self, start: float = 0.0, stop: float = 1.0) -> Tuple[int, int]:
         """Slice indices [a, b) between fractions ``start`` and ``stop`` of the z extent."""
         if not 0.0 <= float(start) < float(stop) <= 1.0:
-            raise ValueError(f"slice range must be fractions 0 <= start < stop <= 1, got [{start}, {stop}]")
+            raise UsageError(f"slice range must be fractions 0 <= start < stop <= 1, got [{start}, {stop}]")
         z = self.num_slices
         return int(round(start * z)), int(round(stop * z))
 
@@ -76,7 +77,7 @@ class CTVolume:
         """The sub-volume between fractions ``start`` and ``stop`` of the z extent (a view, no copy)."""
         a, b = self.slice_bounds(start, stop)
         if a == b:
-            raise ValueError(f"case {self.name}: slice range [{start}, {stop}] of {self.num_slices} slices is empty")
+            raise UsageError(f"case {self.name}: slice range [{start}, {stop}] of {self.num_slices} slices is empty")
         name = self.name if (a, b) == (0, self.num_slices) else f"{self.name}[{a}:{b}]"
         return CTVolume(name, self.image[a:b], self.labels[a:b], self.spacing_zyx, self.first_slice + a, self.labeled)
 
@@ -97,18 +98,18 @@ def read_label_on_grid(label_path: Union[str, Path], image: sitk.Image) -> Tuple
     if label.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         values = sitk.GetArrayViewFromImage(label)
         if not np.array_equal(values, np.round(values)):
-            raise ValueError(f"label map {label_path} holds non-integer values; give a label map, not an image")
+            raise UsageError(f"label map {label_path} holds non-integer values; give a label map, not an image")
     label = sitk.Cast(label, sitk.sitkInt32)
     # -1 marks image voxels outside the label's extent: unknown, not background.
     resampled = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, -1, sitk.sitkInt32)
     array = sitk.GetArrayFromImage(resampled).astype(np.int64)
     covered = array >= 0
     if not covered.any():
-        raise ValueError(f"label map {label_path} does not overlap the image in physical space (origin "
+        raise UsageError(f"label map {label_path} does not overlap the image in physical space (origin "
                          f"{label.GetOrigin()} vs {image.GetOrigin()}); check that it belongs to this image")
     source_fg = int(np.count_nonzero(sitk.GetArrayViewFromImage(label)))
     if source_fg and not np.count_nonzero(array > 0):
-        raise ValueError(f"label map {label_path}: none of its {source_fg} labelled voxels falls inside the image; "
+        raise UsageError(f"label map {label_path}: none of its {source_fg} labelled voxels falls inside the image; "
                          "check that it belongs to this image")
     return np.where(covered, array, 0), covered
 

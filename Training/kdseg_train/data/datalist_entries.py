@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from KDSegmentationLib.anatomy import organ_by_name
+from ..errors import UsageError
 
 __all__ = ["expand_entries", "parse_labeled", "DATALIST_SPLITS"]
 
@@ -43,13 +44,13 @@ def parse_labeled(value: Optional[Iterable[Union[int, str]]], num_classes: int =
             try:
                 ids.append(organ_by_name(item).index)
             except KeyError:
-                raise ValueError(f"labeled: unknown organ {item!r}; use aorta, gallbladder, kidney_left, "
+                raise UsageError(f"labeled: unknown organ {item!r}; use aorta, gallbladder, kidney_left, "
                                  "kidney_right, liver, pancreas, spleen, stomach or their ids 1..8") from None
         else:
             ids.append(int(item))
     bad = [i for i in ids if not 1 <= i < num_classes]
     if bad or not ids:
-        raise ValueError(f"labeled: must list organs 1..{num_classes - 1} (or their names), got {list(value)!r}")
+        raise UsageError(f"labeled: must list organs 1..{num_classes - 1} (or their names), got {list(value)!r}")
     return tuple(sorted(set(ids)))
 
 
@@ -61,14 +62,14 @@ def _datalist_cases(entry: Dict[str, Any]) -> List[Dict[str, Any]]:
     meta = json.loads(path.read_text(encoding="utf-8"))
     split = entry.get("split", "training")
     if split not in DATALIST_SPLITS:
-        raise ValueError(f"data entry {path}: split must be one of {', '.join(DATALIST_SPLITS)}, got {split!r}")
+        raise UsageError(f"data entry {path}: split must be one of {', '.join(DATALIST_SPLITS)}, got {split!r}")
     cases = meta.get(split)
     if not cases:
         present = [s for s in DATALIST_SPLITS if meta.get(s)]
-        raise ValueError(f"datalist {path} has no {split!r} cases (it has: {', '.join(present) or 'none'})")
+        raise UsageError(f"datalist {path} has no {split!r} cases (it has: {', '.join(present) or 'none'})")
     unknown = set(entry) - {"datalist", "split", "format", "name", "limit"} - set(_PASSED_ON)
     if unknown:
-        raise ValueError(f"data entry {path}: unknown key(s) {sorted(unknown)}; a datalist entry takes split, limit, "
+        raise UsageError(f"data entry {path}: unknown key(s) {sorted(unknown)}; a datalist entry takes split, limit, "
                          f"{', '.join(_PASSED_ON)}")
     limit = entry.get("limit")
     out = []

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from KDSegmentationLib.inference.model_grid import ModelGrid
 
+from ..errors import UsageError
 from .ct_volumes import CTVolume
 from .tiny_data_augmentation import TinyDataAugmentation
 
@@ -43,11 +44,11 @@ class GridSliceDataset(Dataset):
     def __init__(self, volumes: Sequence[CTVolume], grid: ModelGrid, transform: TinyDataAugmentation,
                  canvas_margin: int = 32) -> None:
         if grid.height != grid.width:
-            raise ValueError(f"training uses square model grids, got {grid.height}x{grid.width}")
+            raise UsageError(f"training uses square model grids, got {grid.height}x{grid.width}")
         if transform.img_size != grid.height:
-            raise ValueError(f"augmentation output {transform.img_size} differs from the model grid {grid.height}")
+            raise UsageError(f"augmentation output {transform.img_size} differs from the model grid {grid.height}")
         if canvas_margin < 0:
-            raise ValueError(f"canvas_margin must be >= 0, got {canvas_margin}")
+            raise UsageError(f"canvas_margin must be >= 0, got {canvas_margin}")
         self.grid, self.transform, self.margin = grid, transform, int(canvas_margin)
         size = grid.height + 2 * self.margin
         images: List[np.ndarray] = []
@@ -60,7 +61,7 @@ class GridSliceDataset(Dataset):
             labels.append(grid.labels_to_model(volume.labels, spacing_yx, (size, size), fill=0))
             self.index.extend((volume.name, z) for z in range(volume.num_slices))
         if not self.index:
-            raise ValueError("no volumes to take training slices from")
+            raise UsageError("no volumes to take training slices from")
         self.canvases = np.concatenate(images).astype(np.float32)
         self.canvas_labels = np.concatenate(labels).astype(np.uint8)
         self.logits: Optional[np.ndarray] = None
@@ -103,7 +104,7 @@ class GridSliceDataset(Dataset):
         """Teacher logits (N, K, S, S) of :meth:`model_inputs`, moved with every augmentation from now on."""
         s = self.grid.height
         if logits.ndim != 4 or logits.shape[0] != len(self) or logits.shape[-2:] != (s, s):
-            raise ValueError(f"logits must be ({len(self)}, K, {s}, {s}), got {logits.shape}")
+            raise UsageError(f"logits must be ({len(self)}, K, {s}, {s}), got {logits.shape}")
         self.logits = logits
 
     def __getitem__(self, i: int):

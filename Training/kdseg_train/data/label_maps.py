@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Mapping, Union
 
 import numpy as np
+from ..errors import UsageError
 
 __all__ = ["IGNORE_INDEX", "SYNAPSE_NUM_CLASSES", "BTCV_TO_SYNAPSE", "TOTALSEGMENTATOR_TO_SYNAPSE",
            "DCMQI_TO_SYNAPSE", "IDENTITY_SYNAPSE", "REMAP_TABLES", "resolve_remap", "remap_labels"]
@@ -52,15 +53,15 @@ def resolve_remap(table: Union[str, Mapping[int, int], None]) -> Mapping[int, in
         return IDENTITY_SYNAPSE
     if isinstance(table, str):
         if table not in REMAP_TABLES:
-            raise ValueError(f"unknown label remap {table!r}; choose one of {', '.join(REMAP_TABLES)} "
+            raise UsageError(f"unknown label remap {table!r}; choose one of {', '.join(REMAP_TABLES)} "
                              "or give a mapping {source_id: synapse_id}")
         return REMAP_TABLES[table]
     try:
         out = {int(k): int(v) for k, v in dict(table).items()}
     except (TypeError, ValueError):
-        raise ValueError(f"label remap {table!r} must map integer source ids to integer target ids") from None
+        raise UsageError(f"label remap {table!r} must map integer source ids to integer target ids") from None
     if any(k < 0 or v < 0 for k, v in out.items()):
-        raise ValueError(f"label remap {table!r} has negative ids")
+        raise UsageError(f"label remap {table!r} has negative ids")
     return out
 
 
@@ -87,16 +88,16 @@ def remap_labels(array: np.ndarray, table: Union[str, Mapping[int, int]], ignore
     table = resolve_remap(table)
     unlabeled = tuple(int(u) for u in unlabeled)
     if ignore_index in table.values():
-        raise ValueError(f"remap table maps a source id to the ignore value {ignore_index}")
+        raise UsageError(f"remap table maps a source id to the ignore value {ignore_index}")
     if not 0 <= ignore_index <= 255:
-        raise ValueError(f"ignore_index must fit in uint8, got {ignore_index}")
+        raise UsageError(f"ignore_index must fit in uint8, got {ignore_index}")
     source = np.asarray(array)
     if source.dtype.kind == "f":
         if not np.all(np.isfinite(source)) or not np.array_equal(source, np.round(source)):
-            raise ValueError("label map holds non-integer values; give a label map, not an image")
+            raise UsageError("label map holds non-integer values; give a label map, not an image")
     source = source.astype(np.int64, copy=False)
     if source.size and source.min() < 0:
-        raise ValueError(f"label maps must be non-negative (found {int(source.min())})")
+        raise UsageError(f"label maps must be non-negative (found {int(source.min())})")
     lut = np.zeros(max(int(source.max(initial=0)), max(table, default=0)) + 1, dtype=np.uint8)
     for src, dst in table.items():
         lut[src] = dst

@@ -32,6 +32,7 @@ from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
 from KDSegmentationLib.atomic_files import write_text_atomic
 from KDSegmentationLib.imaging.image_files import read_image, write_image_atomic
 
+from ..errors import UsageError
 from .layouts import SPLITS, LayoutCase, get_layout
 
 __all__ = ["convert_layout", "convert_case", "DATALIST_NAME"]
@@ -73,10 +74,10 @@ def convert_layout(layout_name: str, source: Path, output: Path, splits: Optiona
     if splits is not None:
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:
-            raise ValueError(f"unknown split(s) {unknown}; choose from {', '.join(SPLITS)}")
+            raise UsageError(f"unknown split(s) {unknown}; choose from {', '.join(SPLITS)}")
     cases = [c for c in layout.cases(Path(source)) if splits is None or c.split in splits]
     if not cases:
-        raise ValueError(f"no {layout.name} case in {source} belongs to the split(s) {', '.join(splits or SPLITS)}")
+        raise UsageError(f"no {layout.name} case in {source} belongs to the split(s) {', '.join(splits or SPLITS)}")
     output = Path(output)
     (output / "labels").mkdir(parents=True, exist_ok=True)
     sections: Dict[str, List[Dict[str, object]]] = {split: [] for split in SPLITS}
@@ -104,7 +105,7 @@ def _write_synapse(case: LayoutCase, label_path: Path, output: Path) -> None:
     from .synapse import write_synapse_case
 
     if tuple(case.labeled) != tuple(_NAMES):
-        raise ValueError(f"case {case.name} labels only {[_NAMES[i] for i in case.labeled]}; TransUNet's Synapse "
+        raise UsageError(f"case {case.name} labels only {[_NAMES[i] for i in case.labeled]}; TransUNet's Synapse "
                          "layout has no way to say so. Train partially labelled data from the datalist instead")
     volume = load_ct_volume(case.image, label_path, "identity", name=case.name)
     write_synapse_case(volume, output, "train" if case.split == "training" else "test_vol")

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple,
 
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
 from .augmentation import TransUNetAugmentation
 from .ct_volumes import DEFAULT_HU_WINDOW, CTVolume, load_ct_volume
 from .label_maps import IGNORE_INDEX, resolve_remap
@@ -98,7 +99,7 @@ def pairs_from_folders(images: PathLike, labels: PathLike) -> List[ImageLabelPai
     for path in label_paths:
         key = _case_key(case_name(path))
         if key in by_key:
-            raise ValueError(f"label files {by_key[key].name} and {path.name} both match case {key!r}; "
+            raise UsageError(f"label files {by_key[key].name} and {path.name} both match case {key!r}; "
                              "rename one or use a datalist JSON")
         by_key[key] = path
     pairs, missing = [], []
@@ -110,7 +111,7 @@ def pairs_from_folders(images: PathLike, labels: PathLike) -> List[ImageLabelPai
         else:
             pairs.append(ImageLabelPair(name, path, label))
     if missing:
-        raise ValueError(f"{len(missing)} image(s) in {images} have no label in {labels}: {', '.join(missing[:5])}"
+        raise UsageError(f"{len(missing)} image(s) in {images} have no label in {labels}: {', '.join(missing[:5])}"
                          f"{' ...' if len(missing) > 5 else ''}; name labels like their images (e.g. img0001 <-> "
                          "label0001) or use a datalist JSON")
     return pairs
@@ -133,18 +134,18 @@ def pairs_from_datalist(path: PathLike, key: str = "training", base_dir: Optiona
         entries = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=key,
                                           base_dir=str(base_dir) if base_dir is not None else None)
     except ValueError as exc:
-        raise ValueError(f"datalist {path}: {exc} (sections are e.g. 'training', 'validation')") from None
+        raise UsageError(f"datalist {path}: {exc} (sections are e.g. 'training', 'validation')") from None
     pairs = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise ValueError(f"datalist {path} [{key}][{i}] needs 'image' and 'label'")
+            raise UsageError(f"datalist {path} [{key}][{i}] needs 'image' and 'label'")
         image, label = Path(entry["image"]), Path(entry["label"])
         for role, file in (("image", image), ("label", label)):
             if not file.exists():
                 raise FileNotFoundError(f"datalist {path} [{key}][{i}]: {role} {file} does not exist")
         pairs.append(ImageLabelPair(str(entry.get("name") or case_name(image)), image, label))
     if not pairs:
-        raise ValueError(f"datalist {path} section {key!r} is empty")
+        raise UsageError(f"datalist {path} section {key!r} is empty")
     return pairs
 
 
@@ -198,7 +199,7 @@ class NiftiVolumeDataset(Dataset):
                  slices: Optional[Tuple[float, float]] = None) -> None:
         resolve_remap(remap)
         if slices is not None and not 0.0 <= float(slices[0]) < float(slices[1]) <= 1.0:
-            raise ValueError(f"slices must be fractions [a, b] with 0 <= a < b <= 1, got {slices}")
+            raise UsageError(f"slices must be fractions [a, b] with 0 <= a < b <= 1, got {slices}")
         self.pairs, self.remap, self.unlabeled = list(pairs), remap, tuple(unlabeled)
         self.hu_window, self.slices = tuple(hu_window), slices
 

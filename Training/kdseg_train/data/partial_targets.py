@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .label_maps import IGNORE_INDEX
 
 __all__ = ["MERGED_BASE", "MAX_CLASSES", "encode_partial_labels", "allowed_classes", "hard_labels",
@@ -43,7 +44,7 @@ def unlabeled_organs(labeled: Iterable[int], num_classes: int) -> tuple:
     labeled = tuple(int(i) for i in labeled)
     bad = [i for i in labeled if not 1 <= i < num_classes]
     if bad:
-        raise ValueError(f"labelled organs {bad} are not classes 1..{num_classes - 1}")
+        raise UsageError(f"labelled organs {bad} are not classes 1..{num_classes - 1}")
     return tuple(i for i in range(1, num_classes) if i not in labeled)
 
 
@@ -62,14 +63,14 @@ def encode_partial_labels(labels: np.ndarray, labeled: Sequence[int], num_classe
         ValueError: too many classes, or a voxel labelled with an organ the case says it does not label.
     """
     if num_classes > MAX_CLASSES:
-        raise ValueError(f"partial labels support up to {MAX_CLASSES} classes, got {num_classes}")
+        raise UsageError(f"partial labels support up to {MAX_CLASSES} classes, got {num_classes}")
     missing = unlabeled_organs(labeled, num_classes)
     out = np.asarray(labels).astype(np.int64)
     if not missing:
         return out
     stray = [u for u in missing if (out == u).any()]
     if stray:
-        raise ValueError(f"the label map has voxels of organ(s) {stray}, which the case declares unlabelled; "
+        raise UsageError(f"the label map has voxels of organ(s) {stray}, which the case declares unlabelled; "
                          "add them to its labeled: list")
     out[out == 0] = MERGED_BASE + sum(1 << u for u in missing)
     return out

@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
 from .augmentation import TransUNetAugmentation, augment_slice, resize_pair
 from .ct_volumes import CTVolume
 from .label_maps import SYNAPSE_NUM_CLASSES
@@ -44,7 +45,7 @@ class AxialSliceDataset(Dataset):
         self.volumes = list(volumes)
         self.num_classes = int(num_classes)
         if not self.volumes:
-            raise ValueError("no volumes to take training slices from")
+            raise UsageError("no volumes to take training slices from")
         self.transform = transform if transform is not None else TransUNetAugmentation(img_size, augment, seed=seed)
         self.epoch = 0
         self.index: List[Tuple[int, int]] = []
@@ -55,7 +56,7 @@ class AxialSliceDataset(Dataset):
                 skip = range(a, b)
             self.index.extend((v, z) for z in range(vol.num_slices) if z not in skip)
         if not self.index:
-            raise ValueError(f"the holdout {holdout} leaves no training slices")
+            raise UsageError(f"the holdout {holdout} leaves no training slices")
 
     @property
     def img_size(self) -> Optional[int]:

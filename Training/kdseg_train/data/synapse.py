@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from KDSegmentationLib.atomic_files import atomic_file, write_text_atomic
 
+from ..errors import UsageError
 from .augmentation import TransUNetAugmentation
 from .ct_volumes import CTVolume
 
@@ -70,12 +71,12 @@ def synapse_names(root: Path, split: str, folder: str, suffix: str, list_dir: Op
 def _check_arrays(source: str, image: np.ndarray, label: np.ndarray, ndim: int) -> np.ndarray:
     """Validate one stored image/label pair; return the label as int64."""
     if image.ndim != ndim or image.shape != label.shape:
-        raise ValueError(f"{source}: image {image.shape} and label {label.shape} must be {ndim}D of the same shape")
+        raise UsageError(f"{source}: image {image.shape} and label {label.shape} must be {ndim}D of the same shape")
     if not np.isfinite(image).all() or image.min() < -1e-6 or image.max() > 1 + 1e-6:
-        raise ValueError(f"{source}: image values must be windowed to [0, 1] (HU clipped to [-125, 275], then "
+        raise UsageError(f"{source}: image values must be windowed to [0, 1] (HU clipped to [-125, 275], then "
                          "scaled); convert raw CT with `kdseg-train convert`")
     if not np.array_equal(label, np.round(label)) or label.min() < 0 or label.max() > 255:
-        raise ValueError(f"{source}: label must hold integer class ids in [0, 255]")
+        raise UsageError(f"{source}: label must hold integer class ids in [0, 255]")
     return label.astype(np.int64)
 
 
@@ -85,7 +86,7 @@ def read_synapse_slice(path: Path) -> Tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             image, label = data["image"].astype(np.float32), data["label"]
     except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ValueError(f"cannot read Synapse slice {path} (arrays 'image' and 'label'): {exc}") from None
+        raise UsageError(f"cannot read Synapse slice {path} (arrays 'image' and 'label'): {exc}") from None
     return image, _check_arrays(str(path), image, label, 2)
 
 
@@ -98,7 +99,7 @@ def read_synapse_volume(path: Path) -> Tuple[np.ndarray, np.ndarray]:
             image = handle["image"][()].astype(np.float32)
             label = handle["label"][()]
     except (OSError, KeyError) as exc:
-        raise ValueError(f"cannot read Synapse volume {path} (datasets 'image' and 'label'): {exc}") from None
+        raise UsageError(f"cannot read Synapse volume {path} (datasets 'image' and 'label'): {exc}") from None
     return image, _check_arrays(str(path), image, label, 3)
 
 
@@ -183,7 +184,7 @@ def read_synapse_split(root: Path, split: str = "train", list_dir: Optional[Path
     for name in synapse_names(root, split, "train_npz", ".npz", list_dir):
         match = _SLICE.match(name)
         if not match:
-            raise ValueError(f"{name}: slice names must look like <case>_slice<NNN>")
+            raise UsageError(f"{name}: slice names must look like <case>_slice<NNN>")
         image, label = read_synapse_slice(root / "train_npz" / f"{name}.npz")
         groups[match["case"]].append((int(match["index"]), image, label.astype(np.uint8)))
     volumes = []

@@ -35,6 +35,7 @@ from monai.transforms import (RandAdjustContrast, RandGaussianNoise, RandGaussia
                               RandShiftIntensity, Resample)
 from monai.transforms.utils import create_grid, create_rotate, create_scale, create_translate
 
+from ..errors import UsageError
 from .augmentation import sample_seed
 
 __all__ = ["TinyDataAugmentation", "AugmentedSample"]
@@ -85,15 +86,15 @@ class TinyDataAugmentation(Randomizable):
                  noise_std: float = 0.03, blur_prob: float = 0.2, blur_sigma: Tuple[float, float] = (0.3, 1.0),
                  seed: int = 1234) -> None:
         if int(img_size) < 1:
-            raise ValueError(f"img_size must be positive, got {img_size}")
+            raise UsageError(f"img_size must be positive, got {img_size}")
         if not 0 < zoom[0] <= zoom[1]:
-            raise ValueError(f"zoom must be (min, max) with 0 < min <= max, got {zoom}")
+            raise UsageError(f"zoom must be (min, max) with 0 < min <= max, got {zoom}")
         for name, p in (("elastic_prob", elastic_prob), ("shift_prob", shift_prob), ("scale_prob", scale_prob),
                         ("gamma_prob", gamma_prob), ("noise_prob", noise_prob), ("blur_prob", blur_prob)):
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {p}")
+                raise UsageError(f"{name} must be in [0, 1], got {p}")
         if elastic_points < 2:
-            raise ValueError(f"elastic_points must be >= 2, got {elastic_points}")
+            raise UsageError(f"elastic_points must be >= 2, got {elastic_points}")
         self.img_size, self.augment, self.seed = int(img_size), bool(augment), int(seed)
         self.zoom, self.max_degrees, self.max_translate_px = (float(zoom[0]), float(zoom[1])), float(max_degrees), \
             float(max_translate_px)
@@ -167,9 +168,9 @@ class TinyDataAugmentation(Randomizable):
             logits: (K, S, S) teacher logits of the un-augmented S x S centre, or None.
         """
         if canvas.ndim != 2 or canvas.shape != canvas_label.shape:
-            raise ValueError(f"canvas {canvas.shape} and label {canvas_label.shape} must be equal (C, C) arrays")
+            raise UsageError(f"canvas {canvas.shape} and label {canvas_label.shape} must be equal (C, C) arrays")
         if min(canvas.shape) < self.img_size:
-            raise ValueError(f"canvas {canvas.shape} is smaller than the output size {self.img_size}")
+            raise UsageError(f"canvas {canvas.shape} is smaller than the output size {self.img_size}")
         self.randomize()
         grid = self.sampling_grid()
         image = torch.as_tensor(np.ascontiguousarray(canvas, dtype=np.float32))[None]
@@ -183,7 +184,7 @@ class TinyDataAugmentation(Randomizable):
         sample = AugmentedSample(image, label[0].round().to(torch.int64).contiguous())
         if logits is not None:
             if logits.ndim != 3 or logits.shape[-2:] != (self.img_size, self.img_size):
-                raise ValueError(f"logits must be (K, {self.img_size}, {self.img_size}), got {logits.shape}")
+                raise UsageError(f"logits must be (K, {self.img_size}, {self.img_size}), got {logits.shape}")
             source = torch.as_tensor(np.ascontiguousarray(logits, dtype=np.float32))
             ones = torch.ones((1,) + tuple(logits.shape[-2:]), dtype=torch.float32)
             moved = _plain(self.resampler(torch.cat([source, ones]), grid, mode="bilinear", padding_mode="zeros"))

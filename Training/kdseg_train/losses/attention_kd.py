@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["AttentionMapDistillation", "layer_mapping"]
 
@@ -32,18 +33,18 @@ def layer_mapping(student_depth: int, teacher_depth: int,
         ValueError: a pair outside the depths, or non-positive depths.
     """
     if student_depth <= 0 or teacher_depth <= 0:
-        raise ValueError(f"depths must be positive, got student {student_depth}, teacher {teacher_depth}")
+        raise UsageError(f"depths must be positive, got student {student_depth}, teacher {teacher_depth}")
     if pairs is None:
         return [(i, round((i + 1) * teacher_depth / student_depth) - 1) for i in range(student_depth)]
     out = []
     for pair in pairs:
         s, t = (int(v) for v in pair)
         if not (0 <= s < student_depth and 0 <= t < teacher_depth):
-            raise ValueError(f"layer pair {tuple(pair)} is outside student depth {student_depth} / teacher depth "
+            raise UsageError(f"layer pair {tuple(pair)} is outside student depth {student_depth} / teacher depth "
                              f"{teacher_depth} (layers count from 0)")
         out.append((s, t))
     if not out:
-        raise ValueError("layer mapping is empty")
+        raise UsageError("layer mapping is empty")
     return out
 
 

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["ChannelWiseDistillation", "channel_distributions"]
 
@@ -42,7 +43,7 @@ class ChannelWiseDistillation(nn.Module):
                  teacher_channels: Optional[int] = None) -> None:
         super().__init__()
         if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+            raise UsageError(f"tau must be positive, got {tau}")
         self.tau = float(tau)
         self.adapter: Optional[nn.Module] = None
         if student_channels is not None and teacher_channels is not None and student_channels != teacher_channels:

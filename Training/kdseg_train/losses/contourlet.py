@@ -34,6 +34,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["LaplacianPyramid", "DirectionalFilterBank", "ContourletDecomposition", "ContourletCoefficients",
            "ContourletTextureBranch", "ContourletDistillation", "directional_energy"]
@@ -59,7 +60,7 @@ class LaplacianPyramid(nn.Module):
     def __init__(self, levels: int = 2) -> None:
         super().__init__()
         if levels < 1:
-            raise ValueError(f"levels must be >= 1, got {levels}")
+            raise UsageError(f"levels must be >= 1, got {levels}")
         self.levels = int(levels)
         self.register_buffer("kernel", _binomial_kernel()[None, None], persistent=False)
 
@@ -87,7 +88,7 @@ class LaplacianPyramid(nn.Module):
         current = x
         for _ in range(self.levels):
             if min(current.shape[-2:]) < 2:
-                raise ValueError(f"map {tuple(x.shape[-2:])} is too small for {self.levels} pyramid levels")
+                raise UsageError(f"map {tuple(x.shape[-2:])} is too small for {self.levels} pyramid levels")
             low = self.down(current)
             bands.append(current - self.up(low, current.shape[-2:]))
             current = low
@@ -129,7 +130,7 @@ class DirectionalFilterBank(nn.Module):
     def __init__(self, directions: int = 8) -> None:
         super().__init__()
         if directions < 2:
-            raise ValueError(f"directions must be >= 2, got {directions}")
+            raise UsageError(f"directions must be >= 2, got {directions}")
         self.directions = int(directions)
         self._cache: dict = {}
 
@@ -170,7 +171,7 @@ class ContourletDecomposition(nn.Module):
         super().__init__()
         dirs = [int(directions)] * levels if isinstance(directions, int) else [int(d) for d in directions]
         if len(dirs) != levels:
-            raise ValueError(f"give one direction count per level ({levels}), got {dirs}")
+            raise UsageError(f"give one direction count per level ({levels}), got {dirs}")
         self.pyramid = LaplacianPyramid(levels)
         self.banks = nn.ModuleList(DirectionalFilterBank(d) for d in dirs)
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .attention_kd import AttentionMapDistillation
 from .channel_kd import ChannelWiseDistillation
 from .contourlet import ContourletDistillation
@@ -86,7 +87,7 @@ class FeatureDims:
         try:
             return int(widths[index])
         except IndexError:
-            raise ValueError(f"feature {feature!r}: the network has {len(widths)} {kind} stages") from None
+            raise UsageError(f"feature {feature!r}: the network has {len(widths)} {kind} stages") from None
 
 
 def _parse_feature(feature: str) -> Tuple[str, int]:
@@ -98,7 +99,7 @@ def _parse_feature(feature: str) -> Tuple[str, int]:
             return name, int(index)
         except ValueError:
             pass
-    raise ValueError(f"unknown feature {feature!r}; use logits, encoder, decoder:<i> or skip:<i>")
+    raise UsageError(f"unknown feature {feature!r}; use logits, encoder, decoder:<i> or skip:<i>")
 
 
 def select_feature(output: Any, feature: str) -> torch.Tensor:
@@ -128,7 +129,7 @@ def _stages(options: Dict[str, Any], count: int) -> Sequence[int]:
     """Decoder stage indices of a term (default all ``count``), checked."""
     stages = [int(i) for i in options.get("stages", range(count))]
     if not stages or any(not -count <= i < count for i in stages):
-        raise ValueError(f"stages {stages} must index the {count} decoder stages")
+        raise UsageError(f"stages {stages} must index the {count} decoder stages")
     return stages
 
 
@@ -213,7 +214,7 @@ class DistillationCriterion(nn.Module):
         super().__init__()
         unknown = set(config) - set(_REGISTRY) - {"teacher"}
         if unknown:
-            raise ValueError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(_REGISTRY)}")
+            raise UsageError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(_REGISTRY)}")
         s_dims, t_dims = _as_dims(student, num_classes), _as_dims(teacher, num_classes)
         if num_classes is not None:
             s_dims = FeatureDims(num_classes, *_tail(s_dims))
@@ -227,15 +228,15 @@ class DistillationCriterion(nn.Module):
                 continue
             raw = config[name]
             if raw is not None and not isinstance(raw, Mapping):
-                raise ValueError(f"distill.{name} must be a mapping such as {{weight: 0.5}}, got {raw!r}")
+                raise UsageError(f"distill.{name} must be a mapping such as {{weight: 0.5}}, got {raw!r}")
             options = dict(raw or {})
             weight = float(options.pop("weight", 0.0))
             bad = set(options) - _OPTIONS[name]
             if bad:
-                raise ValueError(f"distill.{name}: unknown option(s) {sorted(bad)}; known: weight, "
+                raise UsageError(f"distill.{name}: unknown option(s) {sorted(bad)}; known: weight, "
                                  f"{', '.join(sorted(_OPTIONS[name]))}")
             if weight < 0:
-                raise ValueError(f"distill.{name}.weight must be >= 0, got {weight}")
+                raise UsageError(f"distill.{name}.weight must be >= 0, got {weight}")
             if weight == 0:
                 continue
             terms[name] = _REGISTRY[name][0](options, s_dims, t_dims)
@@ -318,6 +319,6 @@ def build_distillation(cfg: Mapping[str, Any], student_dims: Union[nn.Module, Fe
     """
     criterion = DistillationCriterion(cfg, student_dims, teacher_dims, num_classes)
     if not len(criterion.terms):
-        raise ValueError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight: 0.5); "
+        raise UsageError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight: 0.5); "
                          f"known terms: {', '.join(_REGISTRY)}")
     return criterion

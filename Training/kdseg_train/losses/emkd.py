@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.label_maps import IGNORE_INDEX
+from ..errors import UsageError
 
 __all__ = ["importance_map", "ImportanceMapDistillation", "RegionAffinityDistillation"]
 
@@ -37,7 +38,7 @@ class ImportanceMapDistillation(nn.Module):
     def __init__(self, p: float = 4.0) -> None:
         super().__init__()
         if p <= 0:
-            raise ValueError(f"p must be positive, got {p}")
+            raise UsageError(f"p must be positive, got {p}")
         self.p = p
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from ..data.partial_targets import allowed_classes
+from ..errors import UsageError
 
 __all__ = ["PartialLabelLoss", "marginal_cross_entropy", "exclusion_terms"]
 
@@ -100,11 +101,11 @@ class PartialLabelLoss(nn.Module):
                  exclusion_weight: float = 1.0, smooth: float = 1e-5) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 2, got {num_classes}")
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
-            raise ValueError(f"ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}")
+            raise UsageError(f"ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}")
         if exclusion_weight < 0:
-            raise ValueError(f"exclusion_weight must be >= 0, got {exclusion_weight}")
+            raise UsageError(f"exclusion_weight must be >= 0, got {exclusion_weight}")
         self.num_classes = num_classes
         self.ce_weight, self.dice_weight = float(ce_weight), float(dice_weight)
         self.exclusion_weight = float(exclusion_weight)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.partial_targets import allowed_classes
+from ..errors import UsageError
 
 __all__ = ["PartialLabelPixelKD"]
 
@@ -36,7 +37,7 @@ class PartialLabelPixelKD(nn.Module):
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+            raise UsageError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -25,6 +25,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["SpaceChannelCascadeDistillation", "spatial_attention"]
 
@@ -61,10 +62,10 @@ class SpaceChannelCascadeDistillation(nn.Module):
                  spatial_weight: float = 1.0, channel_weight: float = 1.0) -> None:
         super().__init__()
         if len(student_channels) != len(teacher_channels) or not student_channels:
-            raise ValueError(f"need the same non-zero number of stages, got student {list(student_channels)} and "
+            raise UsageError(f"need the same non-zero number of stages, got student {list(student_channels)} and "
                              f"teacher {list(teacher_channels)}")
         if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
+            raise UsageError(f"tau must be positive, got {tau}")
         self.tau, self.spatial_weight, self.channel_weight = float(tau), float(spatial_weight), float(channel_weight)
         adapters = []
         for cs, ct in zip(student_channels, teacher_channels):

@@ -16,6 +16,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from ..data.label_maps import IGNORE_INDEX
+from ..errors import UsageError
 
 __all__ = ["SegmentationLoss"]
 
@@ -39,11 +40,11 @@ class SegmentationLoss(nn.Module):
                  ignore_index: int = IGNORE_INDEX, smooth: float = 1e-5) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (background + one class), got {num_classes}")
+            raise UsageError(f"num_classes must be >= 2 (background + one class), got {num_classes}")
         if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
-            raise ValueError(f"ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}")
+            raise UsageError(f"ce_weight and dice_weight must be >= 0 and not both 0, got {ce_weight}, {dice_weight}")
         if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} is a real class of {num_classes}")
+            raise UsageError(f"ignore_index {ignore_index} is a real class of {num_classes}")
         self.num_classes = num_classes
         self.ce_weight = float(ce_weight)
         self.dice_weight = float(dice_weight)
@@ -63,7 +64,7 @@ class SegmentationLoss(nn.Module):
         safe = torch.where(ignored, torch.zeros_like(target), target)
         if safe.numel() and (int(safe.min()) < 0 or int(safe.max()) >= self.num_classes):
             bad = int(safe.max()) if int(safe.max()) >= self.num_classes else int(safe.min())
-            raise ValueError(f"label value {bad} is outside 0..{self.num_classes - 1} (and is not the ignore value "
+            raise UsageError(f"label value {bad} is outside 0..{self.num_classes - 1} (and is not the ignore value "
                              f"{self.ignore_index}); check num_classes and the label remap")
         valid = (~ignored).unsqueeze(1).to(logits.dtype)
         if bool(ignored.all()):

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["MultiHeadSelfAttention", "SingleHeadSelfAttention"]
 
@@ -28,7 +29,7 @@ class MultiHeadSelfAttention(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.query = nn.Linear(dim, dim)
@@ -80,7 +81,7 @@ class SingleHeadSelfAttention(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if not 0 < partial_dim <= dim:
-            raise ValueError(f"partial_dim must be in 1..{dim}, got {partial_dim}")
+            raise UsageError(f"partial_dim must be in 1..{dim}, got {partial_dim}")
         self.partial_dim = partial_dim
         self.qk_dim = qk_dim
         self.norm = nn.GroupNorm(1, partial_dim)

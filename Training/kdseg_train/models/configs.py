@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Tuple
+from ..errors import UsageError
 
 __all__ = ["TransUNetConfig", "MODEL_CONFIGS", "get_config", "list_models"]
 
@@ -50,15 +51,15 @@ class TransUNetConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ("mhsa", "shsa"):
-            raise ValueError(f"attention must be 'mhsa' or 'shsa', got {self.attention!r}")
+            raise UsageError(f"attention must be 'mhsa' or 'shsa', got {self.attention!r}")
         if self.attention == "mhsa" and self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise UsageError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
         if self.cnn_width % 32:
-            raise ValueError(f"cnn_width must be a multiple of 32 (GroupNorm(32)), got {self.cnn_width}")
+            raise UsageError(f"cnn_width must be a multiple of 32 (GroupNorm(32)), got {self.cnn_width}")
         if not 0 <= self.n_skip <= 3:
-            raise ValueError(f"n_skip must be in 0..3, got {self.n_skip}")
+            raise UsageError(f"n_skip must be in 0..3, got {self.n_skip}")
 
     @property
     def shsa_partial_dim(self) -> int:
@@ -147,11 +148,11 @@ def get_config(name: str, **overrides: object) -> TransUNetConfig:
         ValueError: unknown name (the message lists the known ones) or unknown field.
     """
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_CONFIGS)}")
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(MODEL_CONFIGS)}")
     cfg = MODEL_CONFIGS[name]
     if overrides:
         unknown = set(overrides) - set(cfg.to_dict())
         if unknown:
-            raise ValueError(f"unknown config field(s) for {name}: {', '.join(sorted(unknown))}")
+            raise UsageError(f"unknown config field(s) for {name}: {', '.join(sorted(unknown))}")
         cfg = replace(cfg, **overrides)  # type: ignore[arg-type]
     return cfg

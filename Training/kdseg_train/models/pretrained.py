@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Union
 
 from torch import nn
+from ..errors import UsageError
 
 __all__ = ["load_pretrained", "PRETRAINED_SUFFIXES"]
 
@@ -36,7 +37,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path]) -> List[str]:
         raise FileNotFoundError(f"model.pretrained {path} does not exist (the official R50+ViT-B_16.npz, or timm's "
                                 "vit_base_r50_s16_224.orig_in21k model.safetensors)")
     if path.suffix not in PRETRAINED_SUFFIXES:
-        raise ValueError(f"model.pretrained {path}: unknown file type {path.suffix!r}; give the official "
+        raise UsageError(f"model.pretrained {path}: unknown file type {path.suffix!r}; give the official "
                          f"R50+ViT-B_16.npz or timm weights ({', '.join(PRETRAINED_SUFFIXES[1:])})")
     try:
         if path.suffix == ".npz":
@@ -44,7 +45,7 @@ def load_pretrained(model: nn.Module, path: Union[str, Path]) -> List[str]:
         return load_timm_vit_r50(model, path)
     except KeyError as exc:
         key = str(exc.args[0]).replace(" is not a file in the archive", "")  # numpy's NpzFile wording
-        raise ValueError(f"model.pretrained {path} is not the R50+ViT-B_16 ImageNet-21k file for this model: it "
+        raise UsageError(f"model.pretrained {path} is not the R50+ViT-B_16 ImageNet-21k file for this model: it "
                          f"lacks the array {key!r}") from None
     except ValueError as exc:
-        raise ValueError(f"model.pretrained {path}: {exc}") from None
+        raise UsageError(f"model.pretrained {path}: {exc}") from None

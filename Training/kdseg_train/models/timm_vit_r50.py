@@ -33,6 +33,7 @@ from typing import Dict, List, Mapping, Union
 
 import torch
 
+from ..errors import UsageError
 from .transunet import TransUNet
 from .vit_npz import _resize_positions
 
@@ -56,13 +57,13 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corrupt file is one message
-            raise ValueError(f"{path} is not a plain PyTorch state dict ({exc})") from None
+            raise UsageError(f"{path} is not a plain PyTorch state dict ({exc})") from None
         if isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            raise ValueError(f"{path} does not hold a mapping of parameter names to tensors")
+            raise UsageError(f"{path} does not hold a mapping of parameter names to tensors")
         return dict(loaded)
-    raise ValueError(f"{path}: unknown weights format {path.suffix!r}; give .safetensors, .pth, .pt or .bin")
+    raise UsageError(f"{path}: unknown weights format {path.suffix!r}; give .safetensors, .pth, .pt or .bin")
 
 
 def timm_to_transunet(model: TransUNet, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -117,13 +118,13 @@ def timm_to_transunet(model: TransUNet, state: Mapping[str, torch.Tensor]) -> Di
         problems.append(f"{len(unknown)} key(s) are not part of timm's vit_base_r50_s16 ({', '.join(unknown[:5])}"
                         f"{' ...' if len(unknown) > 5 else ''})")
     if problems:
-        raise ValueError("not timm vit_base_r50_s16_224 weights for this model: " + "; ".join(problems))
+        raise UsageError("not timm vit_base_r50_s16_224 weights for this model: " + "; ".join(problems))
     out = {ours: state[theirs] for theirs, ours in plan.items()}
     for key, prefix in qkv:
         kind = key.rsplit(".", 1)[1]
         tensor = state[key]
         if tensor.shape[0] != 3 * d:
-            raise ValueError(f"{key}: shape {tuple(tensor.shape)}, the model needs ({3 * d}{', ' + str(d) if kind == 'weight' else ''})")
+            raise UsageError(f"{key}: shape {tuple(tensor.shape)}, the model needs ({3 * d}{', ' + str(d) if kind == 'weight' else ''})")
         for name, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0)):
             out[f"{prefix}{name}.{kind}"] = part
     out["embeddings.position_embeddings"] = _resize_positions(state["pos_embed"].float().numpy(),
@@ -145,14 +146,14 @@ def load_timm_vit_r50(model: TransUNet, source: Union[str, Path, Mapping[str, to
         ValueError: wrong architecture, keys or shapes (named in the message).
     """
     if model.config.attention != "mhsa":
-        raise ValueError("ImageNet-21k ViT weights need multi-head attention (config attention='mhsa')")
+        raise UsageError("ImageNet-21k ViT weights need multi-head attention (config attention='mhsa')")
     state = read_state_dict(source) if isinstance(source, (str, Path)) else dict(source)
     tensors = timm_to_transunet(model, state)
     own = model.state_dict()
     wrong = [f"{name} {tuple(t.shape)} vs {tuple(own[name].shape)}" for name, t in tensors.items()
              if own[name].shape != t.shape]
     if wrong:
-        raise ValueError(f"{len(wrong)} tensor(s) have other shapes than the model (file vs model): "
+        raise UsageError(f"{len(wrong)} tensor(s) have other shapes than the model (file vs model): "
                          f"{'; '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
     return sorted(tensors)

@@ -7,6 +7,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .configs import TransUNetConfig
 from .decoder import CascadedUpsampler
 from .outputs import TransUNetOutput
@@ -34,11 +35,11 @@ class TransUNet(nn.Module):
                  in_channels: int = 1) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 2, got {num_classes}")
         if img_size <= 0 or img_size % 16:
-            raise ValueError(f"img_size must be a positive multiple of 16, got {img_size}")
+            raise UsageError(f"img_size must be a positive multiple of 16, got {img_size}")
         if in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (CT) or 3 (RGB), got {in_channels}")
+            raise UsageError(f"in_channels must be 1 (CT) or 3 (RGB), got {in_channels}")
         self.config = config
         self.num_classes = num_classes
         self.img_size = img_size

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .transunet import TransUNet
 
 __all__ = ["load_vit_r50_npz"]
@@ -108,18 +109,18 @@ def load_vit_r50_npz(model: TransUNet, source: Union[str, Path, Mapping[str, np.
         KeyError: the file lacks a key this architecture needs (the key is named).
     """
     if model.config.attention != "mhsa":
-        raise ValueError("ImageNet-21k ViT weights need multi-head attention (config attention='mhsa')")
+        raise UsageError("ImageNet-21k ViT weights need multi-head attention (config attention='mhsa')")
     weights = np.load(str(source), allow_pickle=False) if isinstance(source, (str, Path)) else source
     depth_in_file = sum(1 for k in weights.keys() if k.endswith("MlpBlock_3/Dense_0/kernel"))
     if depth_in_file < model.config.depth:
-        raise ValueError(f"the file has {depth_in_file} transformer layers, the model {model.config.depth}")
+        raise UsageError(f"the file has {depth_in_file} transformer layers, the model {model.config.depth}")
     if depth_in_file > model.config.depth:
         _log.warning("loading the first %d of %d transformer layers", model.config.depth, depth_in_file)
     tensors = _mapping(model, weights)
     state = model.state_dict()
     for name, tensor in tensors.items():
         if state[name].shape != tensor.shape:
-            raise ValueError(f"{name}: the file gives shape {tuple(tensor.shape)}, the model needs "
+            raise UsageError(f"{name}: the file gives shape {tuple(tensor.shape)}, the model needs "
                              f"{tuple(state[name].shape)}")
     model.load_state_dict(tensors, strict=False)
     return sorted(tensors)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+from ...errors import UsageError
 from .amos import AMOSLayout
 from .base import ALL_ORGANS, SPLITS, DatasetLayout, LayoutCase
 from .btcv import BTCVLayout
@@ -41,4 +42,4 @@ def get_layout(name: str) -> DatasetLayout:
     try:
         return LAYOUTS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset layout {name!r}; known: {', '.join(LAYOUTS)}") from None
+        raise UsageError(f"unknown dataset layout {name!r}; known: {', '.join(LAYOUTS)}") from None

@@ -22,6 +22,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
+from ...errors import UsageError
 from .base import DatasetLayout, LayoutCase, check_label_names, labels_on_grid, read_json, require_dir
 
 __all__ = ["AMOSLayout", "AMOS_TO_SYNAPSE", "AMOS_FIRST_MRI_ID"]
@@ -47,7 +48,7 @@ class AMOSLayout(DatasetLayout):
         for section, split in _SECTIONS.items():
             for i, entry in enumerate(meta.get(section) or []):
                 if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                    raise ValueError(f"{root / 'dataset.json'} [{section}][{i}] needs image and label")
+                    raise UsageError(f"{root / 'dataset.json'} [{section}][{i}] needs image and label")
                 image, label = root / entry["image"], root / entry["label"]
                 name = Path(entry["image"]).name.split(".")[0]
                 number = re.search(r"(\d+)$", name)
@@ -58,7 +59,7 @@ class AMOSLayout(DatasetLayout):
                         raise FileNotFoundError(f"AMOS {section} case {name}: {role} {path} does not exist")
                 cases.append(LayoutCase(name, image, (label,), split))
         if not cases:
-            raise ValueError(f"{root / 'dataset.json'} lists no labelled CT case (training/validation)")
+            raise UsageError(f"{root / 'dataset.json'} lists no labelled CT case (training/validation)")
         return sorted(cases, key=lambda c: c.name)
 
     def synapse_labels(self, case: LayoutCase, image: sitk.Image) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from ...errors import UsageError
 from ..ct_volumes import read_label_on_grid
 from ..label_maps import IGNORE_INDEX, remap_labels
 
@@ -100,9 +101,9 @@ def read_json(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        raise UsageError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+        raise UsageError(f"{path} must hold a JSON object")
     return data
 
 
@@ -123,5 +124,5 @@ def check_label_names(path: Path, labels: Mapping[str, Any], expected: Mapping[i
     for index, names in expected.items():
         found = labels.get(str(index))
         if found is None or normalised_name(found) not in {normalised_name(n) for n in names}:
-            raise ValueError(f"{path}: label {index} is {found!r}, expected {names[0]!r}; this is not the dataset "
+            raise UsageError(f"{path}: label {index} is {found!r}, expected {names[0]!r}; this is not the dataset "
                              "version the layout reads (check --layout, or convert with a datalist and your own remap)")

@@ -21,6 +21,7 @@ from typing import List
 import numpy as np
 import SimpleITK as sitk
 
+from ...errors import UsageError
 from ..ct_volumes import read_label_on_grid
 from ..label_maps import IGNORE_INDEX
 from .base import DatasetLayout, LayoutCase, require_dir
@@ -52,7 +53,7 @@ def body_midline_x(hu: np.ndarray, x_mm: np.ndarray, region: np.ndarray) -> floa
     """
     body = (hu > BODY_HU) & region
     if not body.any():
-        raise ValueError("no body voxels (HU > -500) at the height of the kidneys; is this a CT in HU?")
+        raise UsageError("no body voxels (HU > -500) at the height of the kidneys; is this a CT in HU?")
     return float(np.median(x_mm[body]))
 
 

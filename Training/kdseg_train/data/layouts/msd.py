@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
 
+from ...errors import UsageError
 from .base import DatasetLayout, LayoutCase, labels_on_grid, normalised_name, read_json, require_dir
 
 __all__ = ["MSDLayout", "msd_label_table"]
@@ -38,7 +39,7 @@ def msd_label_table(path: Path, labels: Dict[str, str]) -> Tuple[int, Dict[int, 
     named = {int(k): normalised_name(v) for k, v in labels.items()}
     matches = {k: organs[v] for k, v in named.items() if v in organs}
     if len(matches) != 1:
-        raise ValueError(f"{path}: labels {labels} name {len(matches)} of the organs "
+        raise UsageError(f"{path}: labels {labels} name {len(matches)} of the organs "
                          f"{', '.join(o.name for o in SYNAPSE_ORGANS)}; the msd layout reads tasks that label "
                          "exactly one (Task03_Liver, Task07_Pancreas, Task09_Spleen)")
     (organ_label, organ), = matches.items()
@@ -47,7 +48,7 @@ def msd_label_table(path: Path, labels: Dict[str, str]) -> Tuple[int, Dict[int, 
         if key in (0, organ_label):
             continue
         if not any(word in name for word in _LESION_WORDS):
-            raise ValueError(f"{path}: label {key} ({labels[str(key)]!r}) is neither the organ nor a lesion in it; "
+            raise UsageError(f"{path}: label {key} ({labels[str(key)]!r}) is neither the organ nor a lesion in it; "
                              "this task cannot be mapped to the 8 organs")
         table[key] = organ  # a tumour inside the organ is part of the organ
     return organ, table
@@ -63,7 +64,7 @@ class MSDLayout(DatasetLayout):
         meta = read_json(root / "dataset.json")
         modality = {str(v).upper() for v in (meta.get("modality") or {"0": "CT"}).values()}
         if modality != {"CT"}:
-            raise ValueError(f"{root / 'dataset.json'}: modality {sorted(modality)}; only CT tasks can be converted")
+            raise UsageError(f"{root / 'dataset.json'}: modality {sorted(modality)}; only CT tasks can be converted")
         organ, table = msd_label_table(root / "dataset.json", meta.get("labels") or {})
         return meta, organ, table
 
@@ -73,14 +74,14 @@ class MSDLayout(DatasetLayout):
         cases = []
         for i, entry in enumerate(meta.get("training") or []):
             if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise ValueError(f"{root / 'dataset.json'} [training][{i}] needs image and label")
+                raise UsageError(f"{root / 'dataset.json'} [training][{i}] needs image and label")
             image, label = root / entry["image"], root / entry["label"]
             for role, path in (("image", image), ("label", label)):
                 if not path.is_file():
                     raise FileNotFoundError(f"Decathlon case {entry['image']}: {role} {path} does not exist")
             cases.append(LayoutCase(Path(entry["image"]).name.split(".")[0], image, (label,), "training", (organ,)))
         if not cases:
-            raise ValueError(f"{root / 'dataset.json'} lists no training case")
+            raise UsageError(f"{root / 'dataset.json'} lists no training case")
         return sorted(cases, key=lambda c: c.name)
 
     def synapse_labels(self, case: LayoutCase, image: sitk.Image) -> np.ndarray:

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.anatomy import SYNAPSE_ORGANS
 
+from ...errors import UsageError
 from ..ct_volumes import read_label_on_grid
 from ..label_maps import IGNORE_INDEX
 from .base import DatasetLayout, LayoutCase, require_dir
@@ -40,12 +41,12 @@ def read_meta_splits(path: Path) -> Dict[str, str]:
     delimiter = ";" if text.splitlines()[0].count(";") > text.splitlines()[0].count(",") else ","
     rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
     if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
-        raise ValueError(f"{path} needs the columns image_id and split (found {list(rows[0]) if rows else 'no rows'})")
+        raise UsageError(f"{path} needs the columns image_id and split (found {list(rows[0]) if rows else 'no rows'})")
     splits = {}
     for row in rows:
         split = str(row["split"]).strip()
         if split not in _SPLIT_NAMES:
-            raise ValueError(f"{path}: case {row['image_id']} has split {split!r}; expected train, val or test")
+            raise UsageError(f"{path}: case {row['image_id']} has split {split!r}; expected train, val or test")
         splits[str(row["image_id"]).strip()] = _SPLIT_NAMES[split]
     return splits
 
