@@ -163,7 +163,10 @@ class _BackgroundLoad:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .imaging.image_files import check_output_path, read_image, write_image_atomic
+    from .imaging.input_geometry import check_image_geometry, check_output_can_store
     from .imaging.intensity_checks import reject_unusable_values
+    from .imaging.path_guards import check_distinct_outputs
+    from .inference.thread_limits import bounded_threads
     from .inference.pipeline import SegmentationOptions, Segmenter, segment_image, structure_label_values
     from .weights.model_registry import load_registry
     from .resources import sample_ct_path
@@ -174,11 +177,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # Everything that can be checked cheaply is checked before reading the volume,
     # downloading weights or loading the model.
     check_output_path(args.output)
-    if Path(source).expanduser().resolve() == args.output.expanduser().resolve():
-        raise OutputError(f"Output {args.output} is the input file; writing it would replace the CT.",
-                          "Choose another output path.")
+    outputs = [("-o", args.output)]
     if args.volumes_json is not None:
         _check_json_path(args.volumes_json)
+        outputs.append(("--volumes-json", args.volumes_json))
+    check_distinct_outputs([("the input file", source)], outputs)
+    threads, threads_warning = bounded_threads(args.threads)
+    if threads_warning:
+        logging.getLogger("KDSegmentationLib").warning(threads_warning)
     registry = load_registry(args.registry)
     card = registry.get(args.model)
     structure_label_values(card, args.structures)
@@ -188,11 +194,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # The model is verified and loaded on a second thread while the volume is read: reading
     # is mostly one core decompressing, so the other core is free for it.
     loading = _BackgroundLoad(lambda cancel: Segmenter.from_registry(
-        card.id, device=args.device, threads=args.threads, registry=registry, progress=progress, cancel=cancel))
+        card.id, device=args.device, threads=threads, registry=registry, progress=progress, cancel=cancel))
     try:
         start = time.perf_counter()
         image = read_image(source, args.series)
         reject_unusable_values(sitk.GetArrayViewFromImage(image), "input")
+        check_image_geometry(image, str(source))  # refuse before inference; warnings come with the result
+        check_output_can_store(image, args.output)
         timings["read"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -214,7 +222,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if args.volumes_json is not None:
         _write_json_atomic({"model": result.model_id, "device": result.device, "input": str(source),
                             "output": str(args.output), "volumes_ml": result.volumes_ml, "timings_s": timings,
-                            "warnings": result.warnings}, args.volumes_json)
+                            "warnings": ([threads_warning] if threads_warning else []) + result.warnings},
+                           args.volumes_json)
     print(f"Segmented {source} with {result.model_id} on {result.device.upper()} -> {args.output}")
     print("Volumes (mL):")
     for name, volume in result.volumes_ml.items():

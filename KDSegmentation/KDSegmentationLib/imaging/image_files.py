@@ -1,8 +1,11 @@
 """Reading CT volumes (NIfTI, NRRD, MHA, DICOM series folders) and writing label maps atomically.
 
-Reading validates what the pipeline needs: one 3D, single-component volume. Every
-failure is an :class:`~KDSegmentationLib.errors.InputImageError` naming the file and
-the fix, never a raw ITK exception. Writing goes through a temporary file in the
+Reading validates what the pipeline needs: one 3D, single-component volume on a
+grid whose positions can be trusted (NIfTI pixdim and DICOM slice positions are
+checked, see :mod:`.input_geometry` and :mod:`.dicom_series_checks`). Every failure is
+an :class:`~KDSegmentationLib.errors.InputImageError` naming the file and the fix,
+never a raw ITK exception, and ITK's console output is kept from the user
+(:mod:`.native_messages`). Reads run on a worker thread so that Ctrl-C stops them. Writing goes through a temporary file in the
 target folder and a rename, so a failure or Ctrl-C never leaves a partial file and
 an existing file is only replaced by a complete one.
 """
@@ -15,13 +18,17 @@ import os
 import re
 import zlib
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
 from ..atomic_files import Verify, atomic_file, temporary_sibling
 from ..errors import InputImageError, OutputError
+from ..interruptible_call import call_interruptibly
+from .dicom_series_checks import read_slice_headers, series_grid, unreadable_dicom_files
+from .input_geometry import check_nifti_header, explain_itk_geometry_error
+from .native_messages import native_messages_captured
+from .path_guards import check_input_path, special_entries_in_folder
 from .nifti_gzip import read_nifti_gz
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
@@ -51,26 +58,20 @@ def _looks_like_dicom_file(path: Path) -> bool:
         return False
 
 
-@contextmanager
-def _itk_warnings_silenced() -> Iterator[None]:
-    """Mute ITK's process-wide warning output for a moment (GDCM prints "No Series were found")."""
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-
-
 def _series_ids(folder: Union[str, Path]) -> Tuple[str, ...]:
-    # GDCM warns on stderr when a folder has no series; that case becomes one clear error
-    # here. The warning switch is process-wide, so it is only touched for folders without
-    # any file carrying the DICOM preamble (rare old files lack it, hence not skipped).
-    has_dicom = any(entry.is_file() and _looks_like_dicom_file(Path(entry.path)) for entry in os.scandir(folder))
-    if has_dicom:
+    # GDCM warns on stderr when a folder has no series; that case becomes one clear error.
+    with native_messages_captured(f"scanning {folder}"):
         return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
-    with _itk_warnings_silenced():
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ())
+
+
+def _series_files(folder: Union[str, Path], uid: str) -> Tuple[str, ...]:
+    with native_messages_captured(f"listing series {uid!r} in {folder}"):
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+
+
+def _uid_text(uid: str) -> str:
+    """A series UID as the user types it after --series (an empty UID is ``""``)."""
+    return uid if uid else '""'
 
 
 def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
@@ -84,12 +85,13 @@ def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
     """
     series = []
     for uid in _series_ids(folder):
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+        files = _series_files(folder, uid)
         description = ""
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(files[0])
-            reader.ReadImageInformation()
+            with native_messages_captured(f"reading the header of {files[0]}"):
+                reader.ReadImageInformation()
             if reader.HasMetaDataKey("0008|103e"):
                 description = reader.GetMetaData("0008|103e").strip()
         except RuntimeError:
@@ -110,7 +112,17 @@ def _folders_with_series(folder: Path) -> List[Path]:
     return found
 
 
+def _refuse_special_entries(folder: Path) -> None:
+    special = special_entries_in_folder(folder)
+    if special:
+        raise InputImageError(f"Folder {folder} contains entries that are not regular files or folders (named "
+                              f"pipes, devices, sockets or broken/looping links): {', '.join(special[:5])}"
+                              f"{' ...' if len(special) > 5 else ''}; a DICOM scan would hang or fail on them.",
+                              "Remove them or copy the DICOM files to a folder of their own.")
+
+
 def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
+    _refuse_special_entries(folder)
     series = list_dicom_series(folder)
     if not series:
         below = _folders_with_series(folder)
@@ -123,20 +135,45 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
                               "NIfTI/NRRD/MHA file.")
     if series_uid is None:
         if len(series) > 1:
-            listing = "; ".join(f"{uid} ({n} files{', ' + d if d else ''})" for uid, n, d in series)
+            listing = "; ".join(f"{_uid_text(uid)} ({n} files{', ' + d if d else ''})" for uid, n, d in series)
+            empty = ' (--series "" selects the series whose UID is empty)' if any(not s[0] for s in series) else ""
             raise InputImageError(f"Folder {folder} contains {len(series)} DICOM series: {listing}.",
-                                  "Choose one with --series UID (in Python: read_image(folder, series_uid=UID)).")
+                                  f"Choose one with --series UID{empty} (in Python: read_image(folder, "
+                                  "series_uid=UID)).")
         series_uid = series[0][0]
     elif series_uid not in [s[0] for s in series]:
-        raise InputImageError(f"DICOM series {series_uid} is not in {folder}.",
-                              f"Choose one of: {', '.join(s[0] for s in series)}.")
+        raise InputImageError(f"DICOM series {_uid_text(series_uid)} is not in {folder}.",
+                              f"Choose one of: {', '.join(_uid_text(s[0]) for s in series)}.")
+    files = _series_files(folder, series_uid)
+    with native_messages_captured(f"checking the slices of {folder}"):
+        grid = _checked_series_grid(folder, files, [f for s in series for f in _series_files(folder, s[0])])
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    reader.SetFileNames(list(grid.ordered_files))
     try:
-        return reader.Execute()
+        with native_messages_captured(f"reading DICOM series in {folder}"):
+            image = call_interruptibly(reader.Execute)
     except RuntimeError as exc:
-        raise InputImageError(f"Cannot read DICOM series {series_uid} in {folder}: {_first_line(exc)}.",
+        raise InputImageError(f"Cannot read DICOM series {_uid_text(series_uid)} in {folder}: {_first_line(exc)}.",
                               "Check that the files are complete and not corrupt.") from None
+    return grid.place(image)
+
+
+def _checked_series_grid(folder: Path, files: Tuple[str, ...], all_series_files: List[str]):
+    """The series' true grid, or one InputImageError naming unreadable files and misplaced positions."""
+    unreadable = unreadable_dicom_files(folder, all_series_files)
+    try:
+        grid = series_grid(read_slice_headers(files, folder), folder)
+    except InputImageError as exc:
+        if not unreadable:
+            raise
+        grid_problem = f"; {exc.message.rstrip('.')}"
+    else:
+        if not unreadable:
+            return grid
+        grid_problem = ""
+    raise InputImageError(f"{len(unreadable)} DICOM file(s) in {folder} cannot be read "
+                          f"({', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}){grid_problem}",
+                          "Copy or export the complete series again; the files are damaged.")
 
 
 def _first_line(exc: Exception) -> str:
@@ -164,17 +201,22 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
         rescaled to HU by GDCM).
 
     Raises:
-        InputImageError: missing path, unreadable/corrupt file, empty DICOM folder,
-            several series without a choice, 2D, 4D, vector or RGB image.
+        InputImageError: missing path, FIFO/device/link loop, unreadable/corrupt file,
+            NIfTI pixdim zero/negative/NaN, ITK-refused spacing or direction, empty DICOM
+            folder, several series without a choice, DICOM slices missing, duplicated,
+            unevenly spaced, unreadable or differently oriented, 2D, 4D, vector or RGB image.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise InputImageError(f"Input {path} does not exist.", "Check the path and its spelling.")
+    check_input_path(path)
     if path.is_dir():
         image = _read_dicom_folder(path, series_uid)
     else:
+        check_nifti_header(path)  # ITK would repair a bad pixdim silently
         # A plain .nii.gz is decompressed once, CRC-checked; other files go through ITK's reader.
-        image = read_nifti_gz(path) if path.name.lower().endswith(".nii.gz") else None
+        image = None
+        if path.name.lower().endswith(".nii.gz"):
+            with native_messages_captured(f"reading {path}"):
+                image = call_interruptibly(lambda: read_nifti_gz(path))
         if image is None:
             image = _read_file(path)
     single_dicom_file = path.is_file() and _looks_like_dicom_file(path)
@@ -186,23 +228,34 @@ def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
 
 def _read_file(path: Path) -> sitk.Image:
     if path.name.lower().endswith(".gz"):
-        _check_gzip_complete(path)
+        check_nifti_header(path, stored_bytes=_check_gzip_complete(path))
     try:
-        return sitk.ReadImage(str(path))
+        with native_messages_captured(f"reading {path}"):
+            return call_interruptibly(lambda: sitk.ReadImage(str(path)))
     except RuntimeError as exc:
+        geometry = explain_itk_geometry_error(str(exc))
+        if geometry:
+            raise InputImageError(f"Cannot read {path}: {geometry}.", "Fix the spacing and orientation in the "
+                                  "file's header (or re-export the CT).") from None
         raise InputImageError(f"Cannot read {path} as an image: {_first_line(exc)}.",
                               "Use a valid NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder.") from None
 
 
-def _check_gzip_complete(path: Path) -> None:
-    """ITK zero-fills a truncated .gz stream without an error, so verify the stream first."""
+def _check_gzip_complete(path: Path) -> int:
+    """ITK zero-fills a truncated .gz stream without an error, so verify the stream first.
+
+    Returns:
+        The decompressed size in bytes.
+    """
+    size = 0
     try:
         with gzip.open(path, "rb") as handle:
-            while handle.read(1 << 24):
-                pass
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                size += len(block)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputImageError(f"Cannot read {path}: the compressed file is truncated or corrupt ({exc}).",
                               "Copy or download the file again.") from None
+    return size
 
 
 def check_volume_shape(image: sitk.Image, source: str = "The input", single_dicom_file: bool = False) -> None:

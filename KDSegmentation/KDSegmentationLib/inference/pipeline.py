@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from ..errors import RegistryError
 from ..imaging.image_files import check_output_path, check_volume_shape, read_image, write_image_atomic
+from ..imaging.input_geometry import check_image_geometry, is_sheared, voxel_volume_mm3
 from ..imaging.intensity_checks import check_ct_intensities
 from ..imaging.orientation import CANONICAL_ORIENTATION, CanonicalAxes, orientation_code
 from ..progress import CancelToken, ProgressCallback, Stage, report
@@ -298,7 +299,8 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
         Label map, per-structure volumes, stage timings, model id, device and warnings.
 
     Raises:
-        InputImageError: not 3D single-component, NaN/inf or constant values.
+        InputImageError: not 3D single-component, NaN/inf or constant values, unusable
+            spacing or direction (see :func:`~..imaging.input_geometry.check_image_geometry`).
         ModelNotFoundError: unknown structure name.
         RegistryError: the model's output does not match its card.
         CancelledError: ``cancel`` was triggered (nothing is returned).
@@ -307,6 +309,9 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
     card = segmenter.card
     keep = structure_label_values(card, options.structures)  # fail on bad names before any work
     check_volume_shape(image, "The input")
+    geometry_warnings = check_image_geometry(image, "The input")
+    for text in geometry_warnings:
+        _log.warning(text)
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
 
     start = time.perf_counter()
@@ -314,7 +319,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
     axes = CanonicalAxes(image)
     voxels = sitk.GetArrayViewFromImage(image)  # the input's own (z, y, x) array, no copy
     hu = axes.view(voxels)  # canonical (Z, Y, X) slices, still no copy
-    warnings = check_ct_intensities(hu)
+    warnings = geometry_warnings + check_ct_intensities(hu)
     depth, height, width = hu.shape
     spacing_yx = (axes.spacing[1], axes.spacing[0])  # canonical (x, y, z) spacing -> (row, column)
     _log.info("Input %s %s, spacing %s mm -> %d axial slices of %dx%d, model grid %dx%d",
@@ -344,7 +349,9 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
             largest_component_and_fill(labels, [value], extents)
         report(progress, Stage.POSTPROCESSING, len(keep), len(keep), "post-processing done")
     _check_cancel(cancel)
-    volumes = label_volumes_ml(labels, axes.spacing, names, extents)
+    # Only the product of the spacings counts; a sheared grid's voxels are smaller than it.
+    volume_spacing = (voxel_volume_mm3(image),) if is_sheared(image) else axes.spacing
+    volumes = label_volumes_ml(labels, volume_spacing, names, extents)
     del labels
     label_image = sitk.GetImageFromArray(labels_in_input_order)
     del labels_in_input_order
