@@ -45,6 +45,7 @@ from KDSegmentationLib.slicer_support.run_settings import (
     parse_structure_list,
     run_settings,
 )
+from KDSegmentationLib.weights.download_timeouts import DEFAULT_READ_TIMEOUT_S, MAX_READ_TIMEOUT_S
 from KDSegmentationLib.slicer_support.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
 from KDSegmentationMRML.result_nodes import apply_segmentation_result
 from KDSegmentationMRML.volume_input import first_ct_volume, read_volume_input
@@ -87,6 +88,7 @@ class KDSegmentationParameterNode:
     device: "auto", "cpu" or "cuda".
     structures: comma-separated structure names to keep ("" = all).
     livePreview: segment the slice under the Red view while the user scrolls.
+    downloadTimeout: seconds a weights download waits for data before retrying.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -98,6 +100,7 @@ class KDSegmentationParameterNode:
     show3D: bool = True
     batchSize: Annotated[int, WithinRange(1, MAX_BATCH_SIZE)] = 8
     livePreview: bool = False
+    downloadTimeout: Annotated[float, WithinRange(1.0, MAX_READ_TIMEOUT_S)] = DEFAULT_READ_TIMEOUT_S
 
 
 class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -293,7 +296,7 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             settings = self.logic.runSettings(p.modelId, p.device, p.structures, p.postprocess, p.batchSize,
-                                              threads=gui_inference_threads())
+                                              threads=gui_inference_threads(), downloadTimeout=p.downloadTimeout)
 
             def showInstalling():
                 self._showBusy(Stage.INSTALLING, _("ONNX Runtime"))
@@ -522,10 +525,10 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
         return LivePreviewController(scene, openSegmenter)
 
     def runSettings(self, modelId: str = "", device: str = "auto", structures: str = "", postprocess: bool = True,
-                    batchSize: int = 8, threads: Optional[int] = None):
+                    batchSize: int = 8, threads: Optional[int] = None, downloadTimeout: Optional[float] = None):
         """Validated settings (raises KDSegError naming the problem)."""
         settings, _card = run_settings(self.registry(), modelId, device, structures, postprocess, batchSize,
-                                       threads)
+                                       threads, downloadTimeout)
         return settings
 
     # -- dependencies -----------------------------------------------------------------
@@ -565,7 +568,7 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
             if settings.device != "cpu":
                 preload_cuda_libraries()
             segmenter = self._segmenters.get(registry, settings.model_id, settings.device, settings.threads,
-                                             progress=progress, cancel=cancel)
+                                             progress=progress, cancel=cancel, read_timeout=settings.download_timeout)
             options = SegmentationOptions(structures=settings.structures, postprocess=settings.postprocess,
                                           batch_size=settings.batch_size)
             return segment_volume_array(volumeInput.array_kji, volumeInput.ijk_to_ras, segmenter, options, progress,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
 from .errors import WriteVerificationError
+from .written_file_checks import bytes_check
 
 __all__ = ["Verify", "TEMPORARY_MARK", "temporary_sibling", "atomic_file", "atomic_directory", "write_text_atomic",
            "fsync_path"]
@@ -224,6 +225,9 @@ def atomic_directory(path: PathLike, fsync: bool = False, verify: Optional[Verif
 def write_text_atomic(path: PathLike, text: str, fsync: bool = False, verify: Optional[Verify] = None) -> Path:
     """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_file`.
 
+    The written bytes are read back and compared with the encoded text before the
+    rename (a full disk can cut a file short without an error), then ``verify`` runs.
+
     Returns:
         ``path``.
 
@@ -232,6 +236,14 @@ def write_text_atomic(path: PathLike, text: str, fsync: bool = False, verify: Op
         OSError: the folder cannot be written or the disk is full.
     """
     path = Path(path)
-    with atomic_file(path, fsync=fsync, verify=verify) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    data = text.encode("utf-8")
+    same_bytes = bytes_check(data)
+
+    def verify_written(tmp: Path) -> None:
+        same_bytes(tmp)
+        if verify is not None:
+            verify(tmp)
+
+    with atomic_file(path, fsync=fsync, verify=verify_written) as tmp:
+        tmp.write_bytes(data)
     return path

@@ -65,6 +65,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _timeout_seconds(text: str) -> float:
+    from .weights.download_timeouts import checked_read_timeout
+
+    try:
+        return checked_read_timeout(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _structure_list(text: str) -> List[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -109,10 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--series", default=None, metavar="UID",
                      help="DICOM series instance UID when the input folder holds several series")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.add_argument("--timeout", type=_timeout_seconds, default=None, metavar="SECONDS",
+                     help="seconds to wait for data while downloading weights before retrying (default 30)")
 
     sub.add_parser("models", help="list registered models and whether each is available offline")
     dl = sub.add_parser("download", help="download and verify a model's weights into the cache")
     dl.add_argument("model_id")
+    dl.add_argument("--timeout", type=_timeout_seconds, default=None, metavar="SECONDS",
+                    help="seconds to wait for data before retrying (default 30)")
     return parser
 
 
@@ -120,7 +133,8 @@ def _write_json_atomic(data: object, path: Path) -> None:
     try:
         write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
-        raise OutputError(f"Cannot write {path}: {exc.strerror}.", "Choose a writable path.") from None
+        raise OutputError(f"Cannot write {path}: {exc.strerror}.",
+                          "Free disk space (or quota) or choose a writable path.") from None
 
 
 def _check_json_path(path: Path) -> None:
@@ -194,7 +208,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # The model is verified and loaded on a second thread while the volume is read: reading
     # is mostly one core decompressing, so the other core is free for it.
     loading = _BackgroundLoad(lambda cancel: Segmenter.from_registry(
-        card.id, device=args.device, threads=threads, registry=registry, progress=progress, cancel=cancel))
+        card.id, device=args.device, threads=threads, registry=registry, progress=progress, cancel=cancel,
+        read_timeout=args.timeout))
     try:
         start = time.perf_counter()
         image = read_image(source, args.series)
@@ -264,7 +279,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     card = registry.get(args.model_id)
     progress = _TqdmProgress(enabled=sys.stderr.isatty())
     try:
-        path = resolve_weights(card, registry.directory, progress=progress)
+        path = resolve_weights(card, registry.directory, progress=progress, read_timeout=args.timeout)
     finally:
         progress.close()
     print(f"{card.id}: verified weights at {path}")
@@ -299,8 +314,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KDSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C); no output was written.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        partial = getattr(exc, "partial", None)  # weights.download.DownloadInterrupted
+        kept = f" the partial download {partial} is kept and the next run resumes it;" if partial else ""
+        print(f"error: interrupted (Ctrl-C);{kept} no output was written.", file=sys.stderr)
         return EXIT_CANCELLED
     except MemoryError:
         print("error: out of memory. Close other programs, use a smaller --batch-size, or crop the volume.",

@@ -214,14 +214,32 @@ def test_corrupt_file_is_deleted_and_reported(url, tmp_path):
     assert _files(tmp_path) == []
 
 
-def test_corrupt_partial_is_deleted_then_a_fresh_download_succeeds(url, tmp_path):
+def test_corrupt_partial_is_deleted_and_fetched_again_in_the_same_run(url, tmp_path, caplog):
     dest = tmp_path / "m.onnx"
-    (tmp_path / "m.onnx.partial").write_bytes(b"\0" * 300_000)  # right length, wrong bytes
-    with pytest.raises(ChecksumError, match="was deleted"):
+    (tmp_path / "m.onnx.partial").write_bytes(b"\0" * 300_000)  # resumable length, wrong bytes
+    with caplog.at_level(logging.WARNING, logger="KDSegmentationLib"):
         download_file(url("ok"), dest, sha256=SHA, size_bytes=SIZE)
-    assert _files(tmp_path) == []
+    assert dest.read_bytes() == PAYLOAD and _files(tmp_path) == ["m.onnx"]
+    assert _Handler.requests[_path(url("ok"))] == ["bytes=300000-", None]  # resumed, failed, fetched whole
+    assert "did not verify" in caplog.text
+
+
+def test_full_size_corrupt_partial_is_discarded_and_fetched_again(url, tmp_path):
+    """A complete-looking partial (killed before verification) used to fail once with a checksum
+    error naming a URL that was never contacted."""
+    dest = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.partial").write_bytes(b"\0" * SIZE)
     download_file(url("ok"), dest, sha256=SHA, size_bytes=SIZE)
-    assert dest.read_bytes() == PAYLOAD
+    assert dest.read_bytes() == PAYLOAD and _files(tmp_path) == ["m.onnx"]
+    assert _Handler.requests[_path(url("ok"))] == [None]
+
+
+def test_server_serving_a_corrupt_file_is_still_reported_after_the_second_try(url, tmp_path):
+    dest = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.partial").write_bytes(PAYLOAD[:1000])
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
+        download_file(url("corrupt"), dest, sha256=SHA, size_bytes=SIZE)
+    assert _files(tmp_path) == []
 
 
 def test_size_announced_by_the_server_is_checked_before_downloading(url, tmp_path):
@@ -399,3 +417,117 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
         assert lock_path.read_text().strip() == str(os.getpid())
     assert time.monotonic() - start < 1
     assert not lock_path.exists()
+
+
+# --- full disks, the read timeout option, Ctrl-C -------------------------------------------------
+
+def _mount_small_tmpfs(folder: Path, size: int) -> bool:
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class _DiskFullAfter:
+    """A file object whose writes fail with ENOSPC once ``limit`` bytes are written (where tmpfs cannot be mounted)."""
+
+    def __init__(self, handle, limit):
+        self._handle, self._limit = handle, limit
+
+    def write(self, data):
+        import errno
+
+        if self._handle.tell() + len(data) > self._limit:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+
+def test_full_disk_removes_the_partial_and_says_how_much_space_is_needed(url, tmp_path, monkeypatch):
+    from KDSegmentationLib.weights import download
+
+    folder = tmp_path / "cache"
+    real = _mount_small_tmpfs(folder, 256 * 1024)
+    try:
+        if not real:
+            monkeypatch.setattr(download, "open", lambda *a, **k: _DiskFullAfter(open(*a, **k), 256 * 1024),
+                                raising=False)
+        with pytest.raises(DownloadError) as info:
+            download_file(url("ok"), folder / "m.onnx", sha256=SHA, size_bytes=SIZE, retries=0)
+        text = str(info.value)
+        assert "needs 1.0 MB" in text and "MB are free" in text and "partial file was removed" in text
+        assert "KDSEG_CACHE" in info.value.hint and "\n" not in text
+        assert _files(folder) == []  # no partial left to fill the disk again on the next try
+    finally:
+        if real:
+            import subprocess
+
+            subprocess.run(["umount", str(folder)], capture_output=True, timeout=30)
+
+
+def _registry_with_remote_weights(tmp_path, weights_url):
+    from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, write_registry
+
+    card = ModelCard(
+        id="remote-test", title="Remote test weights", version="0.0.0", description="served by the test server",
+        architecture="student-shsa", file="m.onnx", size_bytes=SIZE, sha256=SHA, urls=(weights_url,),
+        input=InputSpec(1, 64, 64, (-125.0, 275.0)), labels=labels_from_anatomy(), license="Apache-2.0",
+        intended_use="download tests only")
+    return write_registry(tmp_path / "registry.json", [card], "remote-test")
+
+
+def test_timeout_option_reaches_the_download(url, tmp_path, monkeypatch, capsys):
+    from KDSegmentationLib.cli import main
+    from KDSegmentationLib.weights import download
+
+    seen = []
+    real = download.download_file
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("read_timeout"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(download, "download_file", recording)
+    monkeypatch.setenv("KDSEG_CACHE", str(tmp_path / "cache"))
+    registry = _registry_with_remote_weights(tmp_path, url("ok"))
+    assert main(["--registry", str(registry), "download", "remote-test", "--timeout", "7.5"]) == 0
+    assert seen == [7.5]
+    assert main(["--registry", str(registry), "download", "remote-test", "--timeout", "0"]) == 2
+    assert "between 1 and 3600 seconds" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_download_says_the_partial_is_kept(url, tmp_path, monkeypatch, capsys):
+    from KDSegmentationLib.cli import main
+    from KDSegmentationLib.weights import download
+
+    blocks = []
+    real_read = download._read_arrived
+
+    def interrupted(raw):
+        blocks.append(1)
+        if len(blocks) == 3:
+            raise KeyboardInterrupt
+        return real_read(raw)
+
+    monkeypatch.setattr(download, "_read_arrived", interrupted)
+    monkeypatch.setenv("KDSEG_CACHE", str(tmp_path / "cache"))
+    registry = _registry_with_remote_weights(tmp_path, url("ok"))
+    assert main(["--registry", str(registry), "download", "remote-test"]) == 130
+    err = capsys.readouterr().err
+    partials = list((tmp_path / "cache").rglob("*.partial"))
+    assert len(partials) == 1 and partials[0].stat().st_size > 0
+    assert err.startswith("error: interrupted (Ctrl-C); the partial download") and str(partials[0]) in err
+    assert "next run resumes it" in err and len(err.strip().splitlines()) == 1
+

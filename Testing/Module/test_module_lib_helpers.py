@@ -48,6 +48,17 @@ def test_run_settings_canonicalise_structures_in_label_order(plumbing_registry):
     assert run_settings(registry, structures=everything)[0].structures is None
 
 
+def test_run_settings_bound_threads_by_the_cores_and_keep_the_download_timeout(plumbing_registry, caplog):
+    from KDSegmentationLib.inference.thread_limits import usable_cores
+
+    registry = load_registry(plumbing_registry)
+    with caplog.at_level("WARNING", logger="KDSegmentationLib"):
+        settings, _ = run_settings(registry, threads=100_000, download_timeout=90)
+    assert settings.threads == usable_cores() and settings.download_timeout == 90.0
+    assert "100000 inference threads requested" in caplog.text
+    assert run_settings(registry, threads=1)[0].threads == 1
+
+
 @pytest.mark.parametrize("kwargs, error, text", [
     ({"model_id": "nope"}, ModelNotFoundError, "Unknown model id 'nope'"),
     ({"structures": "liver,heart"}, ModelNotFoundError, "Unknown structure 'heart'"),
@@ -55,6 +66,8 @@ def test_run_settings_canonicalise_structures_in_label_order(plumbing_registry):
     ({"batch_size": 0}, KDSegError, "between 1 and 64"),
     ({"batch_size": 65}, KDSegError, "between 1 and 64"),
     ({"threads": 0}, KDSegError, "at least 1"),
+    ({"download_timeout": 0}, KDSegError, "between 1 and 3600 seconds"),
+    ({"download_timeout": float("nan")}, KDSegError, "between 1 and 3600 seconds"),
 ])
 def test_run_settings_reject_bad_values_with_a_fix(plumbing_registry, kwargs, error, text):
     with pytest.raises(error, match=text) as info:

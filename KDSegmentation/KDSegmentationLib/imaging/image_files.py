@@ -5,9 +5,10 @@ grid whose positions can be trusted (NIfTI pixdim and DICOM slice positions are
 checked, see :mod:`.input_geometry` and :mod:`.dicom_series_checks`). Every failure is
 an :class:`~KDSegmentationLib.errors.InputImageError` naming the file and the fix,
 never a raw ITK exception, and ITK's console output is kept from the user
-(:mod:`.native_messages`). Reads run on a worker thread so that Ctrl-C stops them. Writing goes through a temporary file in the
-target folder and a rename, so a failure or Ctrl-C never leaves a partial file and
-an existing file is only replaced by a complete one.
+(:mod:`.native_messages`). Reads run on a worker thread so that Ctrl-C stops them.
+Writing goes through a temporary file in the target folder and a rename, so a failure
+or Ctrl-C never leaves a partial file and an existing file is only replaced by a
+complete one.
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import gzip
 import logging
 import os
 import re
+import shutil
 import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import SimpleITK as sitk
 
-from ..atomic_files import Verify, atomic_file, temporary_sibling
-from ..errors import InputImageError, OutputError
+from ..atomic_files import TEMPORARY_MARK, Verify, atomic_file, temporary_sibling
+from ..errors import InputImageError, OutputError, WriteVerificationError
 from ..interruptible_call import call_interruptibly
 from .dicom_series_checks import read_slice_headers, series_grid, unreadable_dicom_files
 from .input_geometry import check_nifti_header, explain_itk_geometry_error
 from .native_messages import native_messages_captured
 from .path_guards import check_input_path, special_entries_in_folder
+from .written_image_check import image_check
 from .nifti_gzip import read_nifti_gz
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
@@ -320,10 +323,14 @@ def write_image_atomic(image: sitk.Image, path: PathLike, verify: Optional[Verif
     On any failure, including KeyboardInterrupt, the temporary file is removed and an
     existing file at ``path`` is left as it was.
 
+    The written file is always read back and compared with ``image`` (geometry and
+    every voxel) before the rename: a full disk or an exceeded quota can leave a short
+    file without any error from ITK's writers.
+
     Args:
         image: the image to write.
         path: destination; its extension selects the format (see ``WRITABLE_SUFFIXES``).
-        verify: check run on the written temporary file before the rename
+        verify: a further check run on the written temporary file before the rename
             (see :mod:`KDSegmentationLib.atomic_files`).
 
     Returns:
@@ -332,16 +339,39 @@ def write_image_atomic(image: sitk.Image, path: PathLike, verify: Optional[Verif
     Raises:
         OutputError: the path cannot be written (see :func:`check_output_path`), the
             disk is full or permission is denied.
-        WriteVerificationError: ``verify`` rejected the written file.
+        WriteVerificationError: the file read back differs from ``image`` (disk full,
+            quota, I/O error), or ``verify`` rejected it.
     """
     path = check_output_path(path)
+    read_back = image_check(image)
+
+    def verify_written(tmp: Path) -> None:
+        read_back(tmp)
+        if verify is not None:
+            verify(tmp)
+
     try:
         # The temporary keeps the extension, which selects the ITK writer. It is created
         # before ITK writes, so that a folder that cannot be written fails with the OS's
         # reason (ITK's writers report it only on stderr).
-        with atomic_file(path, keep_suffix=True, verify=verify) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+        with atomic_file(path, keep_suffix=True, verify=verify_written) as tmp:
+            with native_messages_captured(f"writing {path}"):  # e.g. the NIfTI library's "NWAD: wrote only ..."
+                sitk.WriteImage(image, str(tmp), useCompression=True)
     except (RuntimeError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
-        raise OutputError(f"Cannot write {path}: {reason}.", "Check free disk space and permissions.") from None
+        # Name the user's file, not the hidden temporary ITK was writing.
+        reason = re.sub(r"\S*\.[0-9a-f]{12}" + re.escape(TEMPORARY_MARK) + r"\S*", str(path), reason)
+        raise OutputError(f"Cannot write {path}: {reason}.",
+                          f"Check free disk space ({_free_space(path.parent)}) and permissions.") from None
+    except WriteVerificationError as exc:
+        raise WriteVerificationError(exc.message, f"Free disk space ({_free_space(path.parent)}) or check the "
+                                     "disk and permissions, then run again.") from None
     return path
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 1e6:.1f} MB free in {folder}" if free >= 1e5 else f"{free} bytes free in {folder}"

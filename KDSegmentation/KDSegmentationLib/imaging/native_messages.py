@@ -4,8 +4,7 @@ Those C/C++ libraries print straight to the process's standard error (file
 descriptor 2): ITK warnings with source-file paths, GDCM notes, the NIfTI library's
 "** ERROR: NWAD: wrote only ..." on a full disk. Every case they warn about is
 checked by the Lib itself and reported in one plain line, so their text is caught
-here and only logged at debug level (``kdseg -v`` shows the log at info level; the
-Python logger "KDSegmentationLib" at DEBUG shows it).
+here and only logged at info level (``kdseg -v`` shows it).
 
 ITK's own warning switch is turned off for the same span; the descriptor is
 redirected only where Python's ``sys.stderr`` is that descriptor (the command line),
@@ -42,7 +41,7 @@ def native_messages_captured(what: str) -> Iterator[List[str]]:
     """Silence ITK warnings and catch descriptor-2 output of native code for the duration.
 
     Args:
-        what: what is being done, for the debug log (e.g. "reading ct.nii.gz").
+        what: what is being done, for the log (e.g. "reading ct.nii.gz").
 
     Yields:
         A list that receives the caught lines when the block ends.
@@ -75,4 +74,4 @@ def native_messages_captured(what: str) -> Iterator[List[str]]:
                 sink.close()
                 caught.extend(line for line in text.splitlines() if line.strip())
                 for line in caught:
-                    _log.debug("native message while %s: %s", what, line)
+                    _log.info("ITK said while %s: %s", what, line)

@@ -136,8 +136,8 @@ class Segmenter:
     @classmethod
     def from_registry(cls, model_id: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                       registry: Union[None, str, Path, ModelRegistry] = None, allow_download: bool = True,
-                      progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
-                      ) -> "Segmenter":
+                      progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+                      read_timeout: Optional[float] = None) -> "Segmenter":
         """Look up ``model_id`` (None: the registry's default), obtain verified weights, open an engine.
 
         Args:
@@ -147,6 +147,7 @@ class Segmenter:
             registry: a loaded registry, a registry JSON path, or None for the bundled one.
             allow_download: fetch weights that are neither bundled nor cached.
             progress, cancel: forwarded to the download.
+            read_timeout: seconds to wait for each read of a download (None: its default).
 
         Raises:
             RegistryError / ModelNotFoundError: bad registry or unknown id.
@@ -157,7 +158,7 @@ class Segmenter:
             registry = load_registry(registry)
         card = registry.get(model_id)
         path = resolve_weights(card, registry.directory, allow_download=allow_download, progress=progress,
-                               cancel=cancel)
+                               cancel=cancel, read_timeout=read_timeout)
         report(progress, Stage.LOADING, 0, None, f"Loading {card.id}")
         engine = InferenceEngine(path, device=device, threads=threads, input_name=card.input.input_name,
                                  output_name=card.input.output_name)

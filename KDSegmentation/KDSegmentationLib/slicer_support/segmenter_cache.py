@@ -40,7 +40,8 @@ class SegmenterCache:
         return (str(registry.path), card.id, card.sha256, device, threads)
 
     def get(self, registry: ModelRegistry, model_id: Optional[str], device: str, threads: Optional[int],
-            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> Segmenter:
+            progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+            read_timeout: Optional[float] = None) -> Segmenter:
         """The cached Segmenter when model, weights, device and threads match, else a new one.
 
         Args:
@@ -49,13 +50,15 @@ class SegmenterCache:
             device: "auto", "cpu" or "cuda" as requested (Auto's choice is kept with it).
             threads: CPU threads (None: ONNX Runtime's default).
             progress, cancel: forwarded to a download when a new Segmenter is opened.
+            read_timeout: seconds a download waits for data (None: its default).
         """
         key = self.key(registry, model_id, device, threads)
         with self._lock:
             if key == self._key and self._segmenter is not None:
                 return self._segmenter
+        timeouts = {} if read_timeout is None else {"read_timeout": read_timeout}
         segmenter = self._factory(model_id, device=device, threads=threads, registry=registry, progress=progress,
-                                  cancel=cancel)
+                                  cancel=cancel, **timeouts)
         with self._lock:
             self._key, self._segmenter = key, segmenter
         return segmenter

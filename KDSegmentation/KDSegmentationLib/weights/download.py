@@ -17,6 +17,7 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import ssl
 import time
@@ -27,6 +28,7 @@ from typing import Any, Iterator, Optional, Tuple
 
 from ..errors import CancelledError, ChecksumError, DownloadError
 from ..progress import CancelToken, ProgressCallback, Stage, report
+from .download_timeouts import DEFAULT_READ_TIMEOUT_S
 from .file_digest import sha256_of
 from .url_policy import ALLOWED_LOCATIONS, fetch_scheme
 
@@ -39,7 +41,7 @@ try:  # Windows
 except ImportError:
     msvcrt = None  # type: ignore[assignment]
 
-__all__ = ["download_file", "sha256_of", "FileLock"]
+__all__ = ["download_file", "sha256_of", "FileLock", "DownloadInterrupted"]
 
 _log = logging.getLogger("KDSegmentationLib")
 _CHUNK = 1 << 16
@@ -47,6 +49,7 @@ _HASH_BLOCK = 1 << 20
 _MAX_DELAY = 60.0
 _RETRY_STATUS = {408, 429}  # and every 5xx
 _OFFLINE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _TIMEOUT_ERRORS = {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "Timeout"}
 
 
@@ -278,9 +281,47 @@ def _size_mismatch(url: str, offered: int, expected: int, partial: Path) -> Chec
                          "entry's URL, size and SHA-256.")
 
 
+class DownloadInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a download; ``partial`` (if not None) is kept and the next attempt resumes it."""
+
+    def __init__(self, partial: Optional[Path]) -> None:
+        super().__init__()
+        self.partial = partial
+
+
 def _write_error(path: Path, exc: OSError) -> DownloadError:
     return DownloadError(f"Cannot write {path}: {exc.strerror or exc}.",
                          "Free disk space or choose another cache folder with the KDSEG_CACHE environment variable.")
+
+
+def _disk_full_error(partial: Path, size_bytes: Optional[int], exc: OSError) -> DownloadError:
+    """Remove a partial download that cannot be finished here and say how much space it needs.
+
+    Kept, it would fill the disk again on every retry.
+    """
+    try:
+        partial.unlink()
+    except OSError:
+        pass
+    try:
+        free = f"{shutil.disk_usage(partial.parent).free / 1e6:.1f} MB are free"
+    except OSError:
+        free = "the free space is unknown"
+    need = f"needs {size_bytes / 1e6:.1f} MB" if size_bytes is not None else "needs more space"
+    return DownloadError(f"Cannot write {partial}: {exc.strerror or exc} (the download {need}; {free} in "
+                         f"{partial.parent}); the partial file was removed.",
+                         "Free that much disk space, or choose another cache folder with the KDSEG_CACHE "
+                         "environment variable.")
+
+
+def _write_failure(handle: Any, partial: Path, size_bytes: Optional[int], exc: OSError) -> DownloadError:
+    if exc.errno not in _DISK_FULL_ERRNOS:
+        return _write_error(partial, exc)
+    try:
+        handle.close()  # flushing what is buffered fails the same way
+    except OSError:
+        pass
+    return _disk_full_error(partial, size_bytes, exc)
 
 
 def _read_arrived(raw: Any) -> bytes:
@@ -294,7 +335,6 @@ def _fetch_http(session: Any, policy: Any, url: str, partial: Path, size_bytes: 
                 timeouts: Tuple[float, float]) -> None:
     """One attempt: extend ``partial`` towards the complete file, or raise."""
     import requests
-    from urllib3.exceptions import HTTPError as Urllib3Error
 
     offset = partial.stat().st_size if partial.exists() else 0
     if size_bytes is not None and offset > size_bytes:
@@ -339,29 +379,42 @@ def _fetch_http(session: Any, policy: Any, url: str, partial: Path, size_bytes: 
             handle = open(partial, "ab" if offset else "wb")
         except OSError as exc:
             raise _write_error(partial, exc) from None
-        with handle:
-            while True:
-                if cancel is not None and cancel.cancelled:
-                    raise CancelledError(f"Download of {url} cancelled; {partial} is kept and the next "
-                                         "attempt resumes it.")
-                try:
-                    block = _read_arrived(response.raw)
-                except (requests.RequestException, Urllib3Error, OSError) as exc:
-                    raise _network_failure(url, exc) from None
-                if not block:
-                    break
-                try:
-                    handle.write(block)
-                except OSError as exc:
-                    raise _write_error(partial, exc) from None
-                done += len(block)
-                if size_bytes is not None and done > size_bytes:
-                    handle.close()
-                    raise _size_mismatch(url, done, size_bytes, partial)
-                report(progress, Stage.DOWNLOADING, done, total,
-                       f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
+        try:
+            with handle:
+                done = _stream_body(response, handle, url, partial, size_bytes, done, total, progress, cancel)
+        except OSError as exc:  # the final flush on close
+            raise _write_failure(handle, partial, size_bytes, exc) from None
     if expected_end is not None and done < expected_end:
         raise _Transient(f"connection closed after {done} of {expected_end} bytes")
+
+
+def _stream_body(response: Any, handle: Any, url: str, partial: Path, size_bytes: Optional[int], done: int,
+                 total: Optional[int], progress: Optional[ProgressCallback], cancel: Optional[CancelToken]) -> int:
+    """Append the response body to ``handle`` as it arrives; returns the bytes in ``partial`` so far."""
+    import requests
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    while True:
+        if cancel is not None and cancel.cancelled:
+            raise CancelledError(f"Download of {url} cancelled; {partial} is kept and the next "
+                                 "attempt resumes it.")
+        try:
+            block = _read_arrived(response.raw)
+        except (requests.RequestException, Urllib3Error, OSError) as exc:
+            raise _network_failure(url, exc) from None
+        if not block:
+            break
+        try:
+            handle.write(block)
+        except OSError as exc:
+            raise _write_failure(handle, partial, size_bytes, exc) from None
+        done += len(block)
+        if size_bytes is not None and done > size_bytes:
+            handle.close()
+            raise _size_mismatch(url, done, size_bytes, partial)
+        report(progress, Stage.DOWNLOADING, done, total,
+               f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB")
+    return done
 
 
 def _copy_file(url: str, partial: Path, size_bytes: Optional[int], progress: Optional[ProgressCallback],
@@ -386,6 +439,8 @@ def _copy_file(url: str, partial: Path, size_bytes: Optional[int], progress: Opt
         partial.unlink()
         raise
     except OSError as exc:
+        if exc.errno in _DISK_FULL_ERRNOS:
+            raise _disk_full_error(partial, size_bytes if size_bytes is not None else total, exc) from None
         if partial.exists():
             partial.unlink()
         raise DownloadError(f"Copying {source} to {partial} failed: {exc.strerror or exc}.",
@@ -451,7 +506,7 @@ def _sleep(seconds: float, cancel: Optional[CancelToken], url: str) -> None:
 
 def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optional[int] = None,
                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                  connect_timeout: float = 10.0, read_timeout: float = 30.0, retries: int = 4,
+                  connect_timeout: float = 10.0, read_timeout: float = DEFAULT_READ_TIMEOUT_S, retries: int = 4,
                   backoff: float = 1.0, lock_timeout: float = 1800.0) -> Path:
     """Download ``url`` to ``destination``, verified by size and SHA-256.
 
@@ -464,7 +519,8 @@ def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optio
         progress: receives ``Stage.DOWNLOADING`` events counting bytes.
         cancel: checked between chunks and while waiting; the partial file is kept.
         connect_timeout: seconds to connect (and finish the TLS handshake).
-        read_timeout: seconds to wait for each read before the attempt counts as timed out.
+        read_timeout: seconds to wait for each read before the attempt counts as timed out
+            (``kdseg --timeout``, the module's download timeout setting).
         retries: further attempts after timeouts, dropped connections, truncation, 408/429 and 5xx.
         backoff: first retry delay in seconds, doubled each time (a Retry-After header can lengthen it).
         lock_timeout: seconds to wait while another process downloads the same file.
@@ -475,8 +531,10 @@ def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optio
     Raises:
         DownloadError: disallowed scheme, HTTP 4xx, missing file:// source, offline,
             unwritable folder, or retries exhausted (the partial file is kept for resuming).
-        ChecksumError: size or digest mismatch (the bad file is deleted).
+        ChecksumError: size or digest mismatch (the bad file is deleted; a kept partial file
+            that fails is first fetched again from the start).
         CancelledError: ``cancel`` was set.
+        DownloadInterrupted: Ctrl-C (a KeyboardInterrupt naming the kept partial file).
     """
     destination = Path(destination)
     scheme = _check_url(url)
@@ -493,11 +551,32 @@ def download_file(url: str, destination: Path, *, sha256: str, size_bytes: Optio
                        "already downloaded")
                 return destination
             destination.unlink()
-        if scheme == "file":
-            _copy_file(url, partial, size_bytes, progress, cancel)
-        else:
-            _fetch_with_retries(url, partial, size_bytes, progress, cancel, (connect_timeout, read_timeout),
-                                retries, backoff)
-        _verify(partial, sha256, size_bytes, url)
+        try:
+            if scheme == "file":
+                _copy_file(url, partial, size_bytes, progress, cancel)
+                _verify(partial, sha256, size_bytes, url)
+            else:
+                _fetch_and_verify(url, partial, sha256, size_bytes, progress, cancel,
+                                  (connect_timeout, read_timeout), retries, backoff)
+        except KeyboardInterrupt:
+            raise DownloadInterrupted(partial if partial.exists() else None) from None
         os.replace(partial, destination)
     return destination
+
+
+def _fetch_and_verify(url: str, partial: Path, sha256: str, size_bytes: Optional[int],
+                      progress: Optional[ProgressCallback], cancel: Optional[CancelToken],
+                      timeouts: Tuple[float, float], retries: int, backoff: float) -> None:
+    """Fetch (resuming a kept partial file) and verify; a resumed file that fails verification is
+    fetched once more from the start in the same run, since its old part may be what is corrupt."""
+    resumed = partial.exists() and partial.stat().st_size > 0
+    _fetch_with_retries(url, partial, size_bytes, progress, cancel, timeouts, retries, backoff)
+    try:
+        _verify(partial, sha256, size_bytes, url)
+    except ChecksumError:
+        if not resumed:
+            raise
+        _log.warning("The kept partial download %s did not verify; it was deleted and %s is downloaded again",
+                     partial, url)
+        _fetch_with_retries(url, partial, size_bytes, progress, cancel, timeouts, retries, backoff)
+        _verify(partial, sha256, size_bytes, url)

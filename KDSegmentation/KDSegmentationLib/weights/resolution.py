@@ -119,7 +119,7 @@ def _manual_fix(card: ModelCard, urls: List[str], target: Path, bundled: Path) -
 
 def resolve_weights(card: ModelCard, registry_dir: Path, *, cache: Optional[Path] = None,
                     allow_download: bool = True, progress: Optional[ProgressCallback] = None,
-                    cancel: Optional[CancelToken] = None) -> Path:
+                    cancel: Optional[CancelToken] = None, read_timeout: Optional[float] = None) -> Path:
     """Path of a verified copy of ``card``'s ONNX file, downloading it if needed.
 
     Order: the file bundled next to the registry; the user cache (:func:`cached_path`);
@@ -132,6 +132,7 @@ def resolve_weights(card: ModelCard, registry_dir: Path, *, cache: Optional[Path
         cache: cache folder (default :func:`cache_dir`).
         allow_download: False to fail instead of downloading.
         progress, cancel: forwarded to :func:`download_file`.
+        read_timeout: seconds to wait for each read of a download (None: the download's default).
 
     Raises:
         WeightsError: not available offline and ``allow_download`` is False, or every
@@ -164,8 +165,9 @@ def resolve_weights(card: ModelCard, registry_dir: Path, *, cache: Optional[Path
     progress = throttle_progress(progress)  # a download reports every chunk; views redraw each event
     for url in urls:
         try:
+            timeouts = {} if read_timeout is None else {"read_timeout": read_timeout}
             path = download_file(url, target, sha256=card.sha256, size_bytes=card.size_bytes,
-                                 progress=progress, cancel=cancel)
+                                 progress=progress, cancel=cancel, **timeouts)
             _remember_verified(path)  # download_file checked the SHA-256; don't hash it again elsewhere
             return path
         except WeightsError as exc:  # DownloadError or ChecksumError: try the next location
