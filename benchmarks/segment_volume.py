@@ -1,39 +1,57 @@
-"""End-to-end `kdseg segment` on a real CT resampled to 512 x 512 x N: time per stage, slices/s, peak RSS.
+"""`kdseg segment` on a 512 x 512 x 150 CT, end to end: stages, slices/s, peak RSS, network share of the machine's peak.
 
-    python benchmarks/segment_volume.py [--registry REG] [--model ID] [--onnx FILE --img-size N]
-                                        [--slices 150] [--batch-size 8] [--threads N]
+    python benchmarks/segment_volume.py [--registry REG] [--model ID] [--onnx FILE]
+                                        [--slices 150] [--batch-size N] [--threads N]
+                                        [--no-teacher] [--baseline-src DIR] [--json FILE]
 
-The model is the registry's default (or --model), or any ONNX file given with --onnx
-(for example an untrained export, to time the plumbing; its labels are meaningless).
-Without a model it says so and stops. The segmentation runs as a separate `kdseg`
-process, exactly as a user runs it, so its peak RSS (the child's ru_maxrss) is the
-whole command's. A side-by-side figure compares the two ways of bringing one batch
-of class maps back to 512 x 512 (numpy running maximum, used by the pipeline, vs a
-SimpleITK vector-image resample + argmax). Prints figures; asserts nothing.
+The CT is the real example CT (../shared/data) resampled to 512 x 512 x N (int16 HU,
+.nii.gz), the size of a typical abdominal CT. The segmentation runs as a separate
+``kdseg segment`` process, exactly as a user runs it: its wall time is measured from
+process start to the output file's modification time (the atomic rename happens after
+the last byte is written), and its peak RSS is that child's own ``ru_maxrss``. Stage
+times come from the child's ``--volumes-json``; whatever the stages do not cover is
+Python start-up, imports and the command's argument/registry checks.
+
+In the same run, the script measures this machine's fp32 peak twice over, before and
+after the segmentation, with the same thread count: ONNX Runtime's own MLAS kernel (a
+2048 x 2048 MatMul ONNX graph built here) and ``torch.matmul``. The network's achieved
+GFLOP/s is 2 x MACs (``torch.utils.flop_counter`` on the card's architecture at the
+card's input size) x slices / inference time. The same CT then goes through the
+teacher (TransUNet R50-ViT-B/16, exported here **untrained**: its labels are
+meaningless, its timing is what a trained teacher costs) with the same card.
+Because wall time on a shared machine stretches with the load, the same split is also
+given in CPU seconds: the child's user + system time (all threads) against the CPU time
+ONNX Runtime alone spends on the same number of slices in this process.
+
+``--baseline-src DIR`` also runs ``kdseg`` from another source tree (for example a
+``git worktree`` of an older commit) on the same CT, for a before/after comparison.
+Figures are ratios measured side by side in one run; on a shared machine the absolute
+numbers move with the load. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from KDSegmentationLib.errors import KDSegError
-from KDSegmentationLib.weights.model_registry import InputSpec, ModelCard, labels_from_anatomy, load_registry, write_registry
-from KDSegmentationLib.imaging.orientation import to_canonical
-from KDSegmentationLib.inference.slice_resampling import argmax_resized, resize_slices
+from KDSegmentationLib.weights.model_registry import ModelCard, load_registry, write_registry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "totalsegmentator_example" / "example_ct.nii.gz"
+PEAK_MATMUL_SIZE = 2048
 
 
 def resampled_ct(size_xy: int, slices: int) -> sitk.Image:
@@ -45,116 +63,291 @@ def resampled_ct(size_xy: int, slices: int) -> sitk.Image:
                          image.GetDirection(), -1024, sitk.sitkInt16)
 
 
-def registry_for_onnx(onnx: Path, img_size: int, directory: Path) -> Path:
-    """A one-entry registry bundling ``onnx`` (labelled as a benchmark model, not for use)."""
-    data = onnx.read_bytes()
-    (directory / "benchmark.onnx").write_bytes(data)
-    card = ModelCard("benchmark", "benchmark model", "0", f"benchmark of {onnx.name}", "unknown", "benchmark.onnx",
-                     len(data), hashlib.sha256(data).hexdigest(), ("benchmark.onnx",),
-                     InputSpec(1, img_size, img_size, (-125.0, 275.0)), labels_from_anatomy(),
-                     license="n/a", intended_use="benchmark only")
-    return write_registry(directory / "registry.json", [card], "benchmark")
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _realistic_class_maps(classes: int, model_hw: int, batch: int) -> np.ndarray:
-    """Scores shaped like a model's: one-hot organ maps of the real reference segmentation, smoothed."""
-    seg_path = DATA.parent / "example_seg_fast_force_split.nii.gz"
-    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(str(seg_path))))[84:84 + batch]  # all 8 organs
-    organ_ids = [52, 4, 3, 2, 5, 7, 1, 6][: classes - 1]  # TotalSegmentator ids in Synapse order
-    maps = [~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids]
-    onehot = np.stack(maps, axis=1).astype(np.float32)
-    return 8.0 * resize_slices(onehot, (model_hw, model_hw)) - 4.0
+def registry_for_onnx(onnx: Path, like: ModelCard, directory: Path, name: str) -> Path:
+    """A one-entry registry bundling ``onnx`` with ``like``'s input spec and labels (a benchmark entry)."""
+    target = directory / f"{name}.onnx"
+    shutil.copyfile(onnx, target)
+    card = dataclasses.replace(like, id=name, title=f"benchmark: {onnx.name}", file=target.name,
+                               size_bytes=target.stat().st_size, sha256=sha256_of(target), urls=(target.name,),
+                               intended_use="benchmark only")
+    return write_registry(directory / f"{name}.json", [card], name)
 
 
-def class_maps_back_side_by_side(classes: int, model_hw: int, batch: int, repeats: int = 3) -> None:
+def mlas_peak_gflops(threads: Optional[int], n: int = PEAK_MATMUL_SIZE, seconds: float = 1.5) -> float:
+    """Best GFLOP/s of ONNX Runtime (MLAS) on an n x n x n fp32 MatMul graph built here."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["c"])], "peak",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    return _best_gflops(lambda: session.run(None, {"a": a}), 2 * n ** 3, seconds)
+
+
+def torch_peak_gflops(threads: Optional[int], n: int = PEAK_MATMUL_SIZE, seconds: float = 1.5) -> float:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return _best_gflops(lambda: a @ b, 2 * n ** 3, seconds)
+
+
+def _best_gflops(run, flops: float, seconds: float) -> float:
+    run()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        run()
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def macs_per_slice(architecture: str, img_size: int) -> Optional[float]:
+    """MACs of one slice through the card's architecture (torch flop counter), None if unknown."""
+    try:
+        from kdseg_train.models import create_model
+        from kdseg_train.models.cost import count_macs
+        return float(count_macs(create_model(architecture, img_size=img_size).eval(), img_size))
+    except (ImportError, KeyError, ValueError):
+        return None
+
+
+def session_sweep(onnx: Path, img_size: int, threads: Optional[int], batches=(1, 4, 8, 16), repeats: int = 3
+                  ) -> Dict[str, Dict[int, float]]:
+    """Median ms per slice of the same model under ONNX Runtime session variants, repeats interleaved.
+
+    Variants: the pipeline's own options (``_session_options``: ORT_ENABLE_ALL, idle threads
+    sleep), the same with spinning threads, and ORT_ENABLE_EXTENDED (no NCHWc layout
+    transformer, so no Reorder nodes around GroupNorm).
+    """
+    import onnxruntime as ort
+    from KDSegmentationLib.inference.onnx_engine import _session_options
+
+    def variant(spinning: bool = False, level=None):
+        options = _session_options(threads)
+        if spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        if level is not None:
+            options.graph_optimization_level = level
+        return ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+
+    sessions = {"pipeline (sleeping threads)": variant(),
+                "spinning threads": variant(spinning=True),
+                "ORT_ENABLE_EXTENDED": variant(level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)}
     rng = np.random.default_rng(0)
-    cases = {"organ-shaped scores": _realistic_class_maps(classes, model_hw, batch),
-             "white-noise scores (worst case)": rng.normal(size=(batch, classes, model_hw, model_hw)).astype(np.float32)}
-    for case, logits in cases.items():
-        def pipeline_way():
-            return argmax_resized(logits, (512, 512))
+    inputs = {b: rng.random((b, 1, img_size, img_size), dtype=np.float32) for b in batches}
+    times: Dict[str, Dict[int, list]] = {name: {b: [] for b in batches} for name in sessions}
+    for name, session in sessions.items():
+        for b in batches:
+            session.run(None, {"image": inputs[b]})
+    for _ in range(repeats):
+        for b in batches:
+            for name, session in sessions.items():
+                start = time.perf_counter()
+                session.run(None, {"image": inputs[b]})
+                times[name][b].append((time.perf_counter() - start) / b)
+    return {name: {b: 1e3 * float(np.median(v)) for b, v in per.items()} for name, per in times.items()}
 
-        def simpleitk_way():
-            vectors = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(logits, 1, -1)), isVector=True)
-            spacing = (model_hw / 512, model_hw / 512, 1.0)
-            origin = (spacing[0] / 2 - 0.5, spacing[1] / 2 - 0.5, 0.0)
-            out = sitk.Resample(vectors, (512, 512, batch), sitk.Transform(), sitk.sitkLinear, origin, spacing,
-                                vectors.GetDirection(), 0.0, vectors.GetPixelID())
-            return sitk.GetArrayFromImage(out).argmax(-1).astype(np.uint8)
 
-        seconds, labels = [], []
-        for fn in (pipeline_way, simpleitk_way):
-            fn()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                result = fn()
-            seconds.append((time.perf_counter() - start) / repeats)
-            labels.append(result)
-        agree = float((labels[0] == labels[1]).mean())
-        print(f"class maps {batch}x{classes}x{model_hw}^2 -> {batch}x512^2 labels, {case}: pipeline "
-              f"{seconds[0] * 1000:.0f} ms, SimpleITK vector resample + argmax {seconds[1] * 1000:.0f} ms "
-              f"(ratio {seconds[1] / seconds[0]:.1f}x); labels agree on {agree:.4%} of pixels")
+def network_cpu_seconds(onnx: Path, img_size: int, slices: int, batch_size: int, threads: Optional[int]) -> float:
+    """CPU seconds (all threads) ONNX Runtime alone spends on ``slices`` slices, in batches as kdseg runs them.
+
+    CPU time is what a loaded machine distorts least: wall time stretches with other
+    processes, the work a process does hardly changes.
+    """
+    import onnxruntime as ort
+    from KDSegmentationLib.inference.onnx_engine import _session_options
+
+    session = ort.InferenceSession(str(onnx), _session_options(threads), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(0).random((batch_size, 1, img_size, img_size), dtype=np.float32)
+    session.run(None, {"image": batch})
+    start = time.process_time()
+    for first in range(0, slices, batch_size):
+        session.run(None, {"image": batch[: min(batch_size, slices - first)]})
+    return time.process_time() - start
+
+
+def export_untrained_teacher(img_size: int, directory: Path) -> Path:
+    from kdseg_train.export import export_onnx
+    from kdseg_train.models import create_model
+
+    return export_onnx(create_model("teacher-r50-b16", img_size=img_size).eval(), directory / "teacher-export.onnx",
+                       img_size, check=False)
+
+
+def run_kdseg(source: Path, output: Path, registry: Optional[Path], model: Optional[str], batch_size: Optional[int],
+              threads: Optional[int], source_tree: Optional[Path] = None) -> Dict[str, object]:
+    """One ``kdseg segment`` process: stage times, wall time to the written file, peak RSS.
+
+    Args:
+        source_tree: run the ``KDSegmentationLib`` of this repository checkout instead of this one's.
+    """
+    volumes_json = output.with_suffix(".json")
+    command = [sys.executable, "-m", "KDSegmentationLib.cli"]
+    if registry is not None:
+        command += ["--registry", str(registry)]
+    command += ["segment", str(source), "-o", str(output), "--device", "cpu", "--volumes-json", str(volumes_json),
+                "--no-progress"]
+    if model:
+        command += ["--model", model]
+    if batch_size:
+        command += ["--batch-size", str(batch_size)]
+    if threads:
+        command += ["--threads", str(threads)]
+    log = output.with_suffix(".log")
+    with open(log, "w", encoding="utf-8") as handle:
+        started = time.time()
+        env = None
+        if source_tree is not None:
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(source_tree / "KDSegmentation"), str(source_tree / "Training")]))
+        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage (Linux, macOS)
+        exited = time.time()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"kdseg failed (exit {code}): {log.read_text(encoding='utf-8').strip()}")
+    timings = json.loads(volumes_json.read_text(encoding="utf-8"))["timings_s"]
+    to_file = output.stat().st_mtime - started
+    stages = {"start-up, imports, checks": max(to_file - sum(timings.values()), 0.0), **timings}
+    return {"stages_s": stages, "wall_to_file_s": to_file, "process_s": exited - started,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)}
+
+
+def report(name: str, run: Dict[str, object], slices: int, macs: Optional[float], peak: float,
+           network_cpu: Optional[float] = None) -> Dict[str, object]:
+    stages = run["stages_s"]
+    wall = run["wall_to_file_s"]
+    infer = stages["infer"]
+    print(f"\n{name}: stage times (s), from process start to the output file written")
+    for stage, seconds in stages.items():
+        print(f"  {stage:<27} {seconds:7.2f}  {100 * seconds / wall:5.1f}%")
+    print(f"  {'wall to file written':<27} {wall:7.2f}  (process exit {run['process_s']:.2f})")
+    share = (wall - infer) / wall
+    summary = dict(run, slices_per_s=slices / wall, infer_slices_per_s=slices / infer, non_network_share=share)
+    print(f"  throughput {slices / wall:.1f} slices/s end to end, {slices / infer:.1f} slices/s in ONNX Runtime; "
+          f"peak RSS {run['peak_rss_mb']:.0f} MB")
+    print(f"  not network inference: {wall - infer:.2f} s = {100 * share:.1f}% of the wall time (target <= 20%)")
+    if network_cpu is not None:
+        cpu_share = max(run["cpu_s"] - network_cpu, 0.0) / run["cpu_s"]
+        summary["non_network_cpu_share"] = cpu_share
+        print(f"  CPU time: {run['cpu_s']:.2f} s for the whole process (all threads); the network alone on the same "
+              f"slices {network_cpu:.2f} s -> not network: {100 * cpu_share:.1f}% of the CPU time")
+    if macs:
+        achieved = 2 * macs * slices / infer / 1e9
+        summary.update(gmacs_per_slice=macs / 1e9, achieved_gflops=achieved, share_of_mlas_peak=achieved / peak)
+        print(f"  network: {macs / 1e9:.2f} GMAC/slice, {achieved:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of "
+              f"the MLAS fp32 peak (target >= 85%)")
+    return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", type=Path, help="registry JSON (default: the bundled one)")
     parser.add_argument("--model", help="model id in the registry (default: its default model)")
-    parser.add_argument("--onnx", type=Path, help="time this ONNX file instead of a registry model")
-    parser.add_argument("--img-size", type=int, default=224, help="input size of --onnx (default 224)")
+    parser.add_argument("--onnx", type=Path, help="time this ONNX file with the model's card instead")
     parser.add_argument("--slices", type=int, default=150)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--batch-size", type=int, help="kdseg --batch-size (default: kdseg's)")
+    parser.add_argument("--threads", type=int, help="kdseg --threads and the peak measurement (default: ORT's)")
+    parser.add_argument("--no-teacher", action="store_true", help="skip the teacher comparison")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the session options / batch size sweep")
+    parser.add_argument("--baseline-src", type=Path, help="also run kdseg from this source tree (before/after)")
+    parser.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="n of the n^3 peak MatMul")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
+    try:
+        registry = load_registry(args.registry)
+        card = registry.get(args.model)
+    except KDSegError as exc:
+        print(f"No model to benchmark: {exc}\nPass --registry/--model, or train and export one.")
+        return 1
+    img_size = card.input.height
     with tempfile.TemporaryDirectory(prefix="kdseg_bench_") as tmp:
         tmp_dir = Path(tmp)
-        registry = registry_for_onnx(args.onnx, args.img_size, tmp_dir) if args.onnx else args.registry
-        try:
-            card = load_registry(registry).get(args.model)
-        except KDSegError as exc:
-            print(f"No model to benchmark: {exc}\nPass --onnx FILE (e.g. an export from `kdseg-train export`) "
-                  "or --registry/--model.")
-            return 1
+        registry_path, model_id = args.registry, args.model
+        if args.onnx:
+            registry_path, model_id = registry_for_onnx(args.onnx, card, tmp_dir, "benchmark"), None
         ct = resampled_ct(512, args.slices)
         source = tmp_dir / "ct.nii.gz"
         sitk.WriteImage(ct, str(source), useCompression=True)
         print(f"input: {ct.GetSize()} int16 ({ct.GetNumberOfPixels() * 2 / 1e6:.0f} MB in memory, "
               f"{source.stat().st_size / 1e6:.0f} MB .nii.gz), resampled from {DATA.name}")
-        print(f"model: {card.id} v{card.version} ({card.input.height}x{card.input.width}, "
-              f"{card.num_classes} classes), batch {args.batch_size}, threads {args.threads or 'default'}, "
-              f"CPU {os.cpu_count()} cores")
+        print(f"model: {card.id} v{card.version} ({card.architecture}, {img_size}x{card.input.width}, "
+              f"{card.num_classes} classes); threads {args.threads or 'default'}, {os.cpu_count()} CPUs")
         del ct
-        volumes_json = tmp_dir / "volumes.json"
-        command = [sys.executable, "-m", "KDSegmentationLib.cli"]
-        if registry is not None:
-            command += ["--registry", str(registry)]
-        command += ["segment", str(source), "-o", str(tmp_dir / "seg.nii.gz"), "--device", "cpu",
-                    "--batch-size", str(args.batch_size), "--volumes-json", str(volumes_json), "--no-progress"]
-        if args.model:
-            command += ["--model", args.model]
-        if args.threads:
-            command += ["--threads", str(args.threads)]
-        start = time.perf_counter()
-        run = subprocess.run(command, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if run.returncode != 0:
-            print(f"kdseg failed (exit {run.returncode}): {run.stderr.strip()}")
-            return 1
-        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        child_peak_mb = child_peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB on Linux
-        timings = json.loads(volumes_json.read_text(encoding="utf-8"))["timings_s"]
+        peaks = {"mlas": [mlas_peak_gflops(args.threads, args.peak_size)],
+                 "torch": [torch_peak_gflops(args.threads, args.peak_size)]}
+        student = run_kdseg(source, tmp_dir / "student.nii.gz", registry_path, model_id, args.batch_size,
+                            args.threads)
+        baseline = None
+        if args.baseline_src:
+            baseline = run_kdseg(source, tmp_dir / "baseline.nii.gz", registry_path, model_id, args.batch_size,
+                                 args.threads, args.baseline_src.resolve())
+            same = np.array_equal(sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_dir / "baseline.nii.gz"))),
+                                  sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_dir / "student.nii.gz"))))
+            baseline["labels_identical"] = bool(same)
+        teacher = None
+        if not args.no_teacher:
+            teacher_registry = registry_for_onnx(export_untrained_teacher(img_size, tmp_dir), card, tmp_dir, "teacher")
+            teacher = run_kdseg(source, tmp_dir / "teacher.nii.gz", teacher_registry, None, args.batch_size,
+                                args.threads)
+        peaks["mlas"].append(mlas_peak_gflops(args.threads, args.peak_size))
+        peaks["torch"].append(torch_peak_gflops(args.threads, args.peak_size))
+        onnx_path = args.onnx or (load_registry(registry_path).directory / card.file)
+        network_cpu = network_cpu_seconds(onnx_path, img_size, args.slices, args.batch_size or 8, args.threads)
+        sweep = None
+        if not args.no_sweep:
+            sweep = session_sweep(onnx_path, img_size, args.threads)
 
-    print("stage times (s):")
-    for stage, seconds in timings.items():
-        print(f"  {stage:<12} {seconds:7.2f}")
-    total = sum(timings.values())
-    print(f"  {'sum':<12} {total:7.2f}   (process wall time incl. Python start-up {wall:.2f} s)")
-    print(f"throughput: {args.slices / total:.1f} slices/s end to end, "
-          f"{args.slices / timings['infer']:.1f} slices/s in ONNX Runtime")
-    print(f"peak RSS of the kdseg process: {child_peak_mb:.0f} MB "
-          f"(target for 512x512x300: < 3072 MB)")
-    class_maps_back_side_by_side(card.num_classes, card.input.height, args.batch_size)
+    peak = max(peaks["mlas"])
+    print(f"\nfp32 peak ({args.peak_size}^3 MatMul, best before/after the runs): ONNX Runtime MLAS "
+          f"{peak:.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['mlas'])}), torch.matmul "
+          f"{max(peaks['torch']):.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['torch'])})")
+    figures = {"model": card.id, "slices": args.slices, "threads": args.threads, "cpus": os.cpu_count(),
+               "mlas_peak_gflops": peak, "torch_peak_gflops": max(peaks["torch"]), "peaks_gflops": peaks,
+               "student": report(f"student {card.id}", student, args.slices,
+                                 macs_per_slice(card.architecture, img_size), peak, network_cpu)}
+    if baseline is not None:
+        figures["baseline"] = report(f"baseline: the same model with kdseg from {args.baseline_src}", baseline,
+                                     args.slices, macs_per_slice(card.architecture, img_size), peak, network_cpu)
+        figures["baseline_over_current_wall"] = baseline["wall_to_file_s"] / student["wall_to_file_s"]
+        print(f"\nbaseline / current: wall to file {figures['baseline_over_current_wall']:.2f}x; label maps "
+              f"{'identical' if baseline['labels_identical'] else 'DIFFER'}")
+    if teacher is not None:
+        figures["teacher"] = report("teacher teacher-r50-b16 (untrained export, same card)", teacher, args.slices,
+                                    macs_per_slice("teacher-r50-b16", img_size), peak)
+        ratio = teacher["stages_s"]["infer"] / student["stages_s"]["infer"]
+        wall_ratio = teacher["wall_to_file_s"] / student["wall_to_file_s"]
+        figures["teacher_over_student"] = {"infer": ratio, "wall": wall_ratio}
+        print(f"\nteacher / student: inference {ratio:.1f}x, wall to file {wall_ratio:.1f}x (same run)")
+    if sweep is not None:
+        figures["session_sweep_ms_per_slice"] = sweep
+        batches = list(next(iter(sweep.values())))
+        print(f"\nONNX Runtime session variants, ms per {img_size}x{img_size} slice (median, interleaved repeats):")
+        print(f"  {'variant':<28}" + "".join(f"{f'batch {b}':>10}" for b in batches))
+        for name, per in sweep.items():
+            print(f"  {name:<28}" + "".join(f"{per[b]:>10.2f}" for b in batches))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        print(f"figures written to {args.json}")
     return 0
 
 
