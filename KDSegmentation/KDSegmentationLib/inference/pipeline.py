@@ -216,14 +216,14 @@ def _classify_physical(hu_slices: np.ndarray, segmenter: Segmenter, spacing_yx: 
     grid = model_grid(card)
     count, height, width = hu_slices.shape
     start = time.perf_counter()
-    batch = grid.to_model(window_to_unit(hu_slices, card.input.hu_window), spacing_yx)[:, None]
+    # Blur + sampling as two matrix products (to_model_fast): equal to training's to_model up to float rounding.
+    batch = grid.to_model_fast(window_to_unit(hu_slices, card.input.hu_window), spacing_yx)[:, None]
     preprocessed = time.perf_counter()
     logits = segmenter.engine.run(batch)
     inferred = time.perf_counter()
     _check_logits(card, logits, count)
-    labels = grid.argmax_to_slice(logits, (height, width), spacing_yx, out=out)
-    if extents is not None:
-        extents.include_label_map(labels, first_slice)
+    labels = grid.argmax_to_slice(logits, (height, width), spacing_yx, out=out, extents=extents,
+                                  first_slice=first_slice)
     if timings is not None:
         timings["preprocess"] = timings.get("preprocess", 0.0) + preprocessed - start
         timings["infer"] = timings.get("infer", 0.0) + inferred - preprocessed
