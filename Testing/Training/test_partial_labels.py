@@ -155,3 +155,68 @@ def test_slice_dataset_trains_a_liver_only_case_on_merged_background(labels):
     assert set(torch.unique(partial_label).tolist()) <= {LIVER, MERGED_BASE + 0b111011110}
     assert (partial_label >= MERGED_BASE).any() and (partial_label == LIVER).any()
     assert int(full_label.max()) <= 8 and volume.slice_range(0.0, 0.5).labeled == (LIVER,)
+
+
+def _mixed_config(tmp_path, shared_data, **extra):
+    ts = shared_data / "ct" / "totalsegmentator_example"
+    dcmqi = shared_data / "ct" / "dcmqi_3slice"
+    cfg = {
+        "model": {"name": "student-shsa-tiny", "num_classes": 9, "img_size": 32},
+        "data": {"train": [{"name": "full", "image": str(ts / "example_ct_sm.nii.gz"),
+                            "label": str(ts / "example_seg.nii.gz"), "remap": "totalsegmentator"},
+                           {"name": "liver_only", "image": str(dcmqi / "ct-3slice"),
+                            "label": str(dcmqi / "liver_spine_seg.nrrd"), "remap": "dcmqi", "labeled": ["liver"]}],
+                 "val": [{"name": "liver_only_val", "image": str(dcmqi / "ct-3slice"),
+                          "label": str(dcmqi / "liver_spine_seg.nrrd"), "remap": "dcmqi", "labeled": ["liver"]}],
+                 "batch_size": 4},
+        "train": {"max_steps": 2, "checkpoint_every": 2, "val_every": 2, "threads": 1, "figures": False,
+                  "tensorboard": False},
+        "output": str(tmp_path / "run")}
+    for key, value in extra.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_mixed_liver_only_and_fully_labelled_run_trains(tmp_path, shared_data):
+    from kdseg_train.config import DEFAULTS, apply_overrides
+    from kdseg_train.losses.partial_label import PartialLabelLoss
+    from kdseg_train.trainer import Trainer
+
+    import copy
+
+    def config(**extra):
+        cfg = copy.deepcopy(DEFAULTS)
+        for section, values in _mixed_config(tmp_path, shared_data, **extra).items():
+            cfg[section] = {**cfg[section], **values} if isinstance(values, dict) else values
+        return apply_overrides(cfg, [])
+
+    trainer = Trainer(config())
+    assert isinstance(trainer.objective.seg_loss, PartialLabelLoss)
+    labels = torch.stack([trainer.dataset[i][1] for i in range(len(trainer.dataset))])
+    assert (labels >= MERGED_BASE).any() and (labels == LIVER).any() and (labels == SPLEEN).any()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    after = trainer.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 3 and all(np.isfinite(float(v)) for v in log[-1].split(",")[3:5])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert list(summary["validation"]["cases"]["liver_only_val"]) == ["liver"]  # scored on what it labels
+
+    # Distillation on the same mixed data: the teacher fills in the liver-only case's other organs.
+    student = config(output=str(tmp_path / "student"), model={"name": "student-shsa-tiny", "img_size": 32},
+                     distill={"teacher": str(tmp_path / "run"), "partial_pixel_kd": {"weight": 0.5},
+                              "region_affinity_kd": {"weight": 0.5}})
+    distiller = Trainer(student, distill=True)
+    distiller.run()
+    header, last = (tmp_path / "student" / "train_log.csv").read_text().splitlines()[::2]
+    assert "partial_pixel_kd" in header and "region_affinity_kd" in header
+    assert all(np.isfinite(float(v)) for v in last.split(",")[3:-1])
+
+
+def test_labeled_and_unlabeled_together_are_refused(tmp_path, shared_data):
+    from kdseg_train.run_data import load_cases
+
+    entry = _mixed_config(tmp_path, shared_data)["data"]["val"][0]
+    with pytest.raises(ValueError, match="give labeled: .* or unlabeled: .*, not both"):
+        load_cases([dict(entry, unlabeled=[1, 2])], (-125, 275), 9, 32)

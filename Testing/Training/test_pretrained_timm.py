@@ -121,3 +121,25 @@ def test_wrong_files_name_what_differs(arrays, tmp_path):
         load_pretrained(teacher(), tmp_path / "weights.ckpt")
     with pytest.raises(ValueError, match="multi-head attention"):
         load_pretrained(create_model("student-shsa", img_size=64), tmp_path / "renamed.safetensors")
+
+
+def test_a_wrong_pretrained_file_stops_training_before_any_step(arrays, tmp_path, shared_data, capsys):
+    import yaml
+
+    from kdseg_train.cli import main as kdseg_train
+
+    state = timm_state_from_npz(arrays)
+    state["head.weight"] = torch.zeros(21843, 768)  # harmless: the classifier is not used
+    state.pop("blocks.1.mlp.fc2.bias")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    ts = shared_data / "ct" / "totalsegmentator_example"
+    config = {"model": {"name": "teacher-r50-b16", "img_size": 32, "overrides": {"depth": DEPTH},
+                        "pretrained": str(tmp_path / "model.safetensors")},
+              "data": {"train": [{"image": str(ts / "example_ct_sm.nii.gz"), "label": str(ts / "example_seg.nii.gz"),
+                                  "remap": "totalsegmentator"}], "batch_size": 2},
+              "train": {"max_steps": 2}, "output": str(tmp_path / "run")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    assert kdseg_train(["train", str(tmp_path / "run.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: not timm vit_base_r50_s16_224 weights" in err and "blocks.1.mlp.fc2.bias" in err
+    assert not (tmp_path / "run").exists()

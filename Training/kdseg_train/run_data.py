@@ -3,8 +3,13 @@
 A data entry (``data.train``, ``data.val``, ``evaluate.cases``) is one of
 
 - an image/label pair (``format: nifti``, the default when ``image`` is given):
-  ``{image, label, remap, unlabeled, slices, name}``; images may be NIfTI, NRRD, MHA or
-  a DICOM series folder; ``slices: [a, b]`` keeps that z-fraction (held-back slices);
+  ``{image, label, remap, unlabeled, labeled, slices, name}``; images may be NIfTI, NRRD,
+  MHA or a DICOM series folder; ``slices: [a, b]`` keeps that z-fraction (held-back
+  slices); ``labeled: [liver]`` declares a partially labelled case (partial-label losses,
+  scored on those organs only);
+- a converted dataset, ``{datalist: OUT/datalist.json, split: training, limit: N}``
+  (``kdseg-train convert --layout``): one image/label entry per case, with its ``labeled``
+  organs (:mod:`kdseg_train.data.datalist_entries`);
 - a Synapse-layout dataset of TransUNet: ``{format: synapse, root, split: train|test_vol}``;
 - Cataract-1K frames: ``{format: cataract1k, root, split, task: instrument|anatomy_instrument}``.
 
@@ -24,11 +29,13 @@ from torch.utils.data import ConcatDataset, Dataset
 from KDSegmentationLib.inference.model_grid import ModelGrid
 
 from .data import AxialSliceDataset, CTVolume, load_ct_volume
+from .data.datalist_entries import expand_entries, parse_labeled
 from .data.grid_slices import GridSliceDataset
 from .data.tiny_data_augmentation import TinyDataAugmentation
 from .errors import UsageError
 
-__all__ = ["EvaluationCase", "entry_format", "load_cases", "build_training_dataset", "model_grid", "AUGMENTATIONS"]
+__all__ = ["EvaluationCase", "entry_format", "load_cases", "build_training_dataset", "model_grid", "AUGMENTATIONS",
+           "has_partial_labels"]
 
 FORMATS = ("nifti", "synapse", "cataract1k")
 
@@ -95,10 +102,14 @@ def _ct_cases(entry: Dict[str, Any], fmt: str, hu_window: Sequence[float], num_c
         return [EvaluationCase(v.name, v.image, v.labels, v.spacing_zyx, tuple(range(1, num_classes)), dict(entry),
                                (0, v.image.shape[0])) for v in volumes]
     unlabeled = tuple(int(i) for i in entry.get("unlabeled", ()))
+    labeled = parse_labeled(entry.get("labeled"), num_classes)
+    if labeled is not None and unlabeled:
+        raise ValueError(f"data entry {entry.get('name', entry['image'])}: give labeled: (partial-label training) or "
+                         "unlabeled: (background of those organs ignored), not both")
     volume = load_ct_volume(Path(entry["image"]), Path(entry["label"]), entry.get("remap", "identity"), unlabeled,
                             hu_window, entry.get("name"))
     volume, z_range = _volume_range(volume, entry)
-    organs = tuple(i for i in range(1, num_classes) if i not in unlabeled)
+    organs = labeled if labeled is not None else tuple(i for i in range(1, num_classes) if i not in unlabeled)
     name = entry.get("name") or volume.name
     return [EvaluationCase(name, volume.image, volume.labels, volume.spacing_zyx, organs, dict(entry), z_range)]
 
@@ -120,7 +131,7 @@ def load_cases(entries: Sequence[Dict[str, Any]], hu_window: Sequence[float], nu
                img_size: int) -> List[EvaluationCase]:
     """Read every entry into :class:`EvaluationCase` objects (names made unique)."""
     cases: List[EvaluationCase] = []
-    for entry in entries or []:
+    for entry in expand_entries(entries or []):
         fmt = entry_format(entry)
         cases.extend(_cataract_cases(entry, img_size) if fmt == "cataract1k"
                      else _ct_cases(entry, fmt, hu_window, num_classes))
@@ -165,7 +176,7 @@ def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int
     Returns a dataset whose items are (image (C, S, S) float32, label (S, S) int64) and
     whose augmentation is seeded by (seed, key, index) through ``set_epoch``.
     """
-    entries = data.get("train") or []
+    entries = expand_entries(data.get("train") or [])
     if not entries:
         raise UsageError("data.train lists no cases; add image/label entries (see Training/README.md)")
     grid = grid if grid is not None else ModelGrid(img_size, img_size)
@@ -190,10 +201,23 @@ def build_training_dataset(data: Dict[str, Any], img_size: int, num_classes: int
                                            seed=seed))
         else:
             for case in _ct_cases(entry, fmt, data["hu_window"], num_classes):
-                ct_volumes.append(CTVolume(case.name, case.image, case.labels, case.spacing_zyx))
+                partial = "labeled" in entry and len(case.organs) < num_classes - 1
+                ct_volumes.append(CTVolume(case.name, case.image, case.labels, case.spacing_zyx,
+                                           labeled=case.organs if partial else None))
     if ct_volumes and augmentation == "tiny_data":
         parts.insert(0, GridSliceDataset(ct_volumes, grid, TinyDataAugmentation(img_size, augment, seed=seed),
-                                         int(data.get("canvas_margin", 32))))
+                                         int(data.get("canvas_margin", 32)), num_classes=num_classes))
     elif ct_volumes:
-        parts.insert(0, AxialSliceDataset(ct_volumes, img_size, augment, seed))
+        parts.insert(0, AxialSliceDataset(ct_volumes, img_size, augment, seed, num_classes=num_classes))
     return parts[0] if len(parts) == 1 else _EpochConcat(parts)
+
+
+def has_partial_labels(dataset: Dataset) -> bool:
+    """Whether a training dataset holds partially labelled CT volumes (then the partial-label loss is needed)."""
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    for part in parts:
+        if any(getattr(v, "labeled", None) is not None for v in getattr(part, "volumes", ())):
+            return True
+        if any(labeled is not None for labeled in getattr(part, "labeled", ())):
+            return True
+    return False

@@ -39,7 +39,7 @@ from .config import save_config
 from .distributed import DistributedContext, init_distributed, select_device
 from .errors import UsageError
 from .metrics import validation_dice
-from .run_data import EvaluationCase, build_training_dataset, load_cases, model_grid
+from .run_data import EvaluationCase, build_training_dataset, has_partial_labels, load_cases, model_grid
 from .run_logs import CsvLog, open_tensorboard
 from .volume_inference import predict_case
 
@@ -76,13 +76,9 @@ def build_model(model_cfg: Dict[str, Any]) -> nn.Module:
                          img_size=int(model_cfg["img_size"]), in_channels=int(model_cfg.get("in_channels", 1)),
                          **dict(model_cfg.get("overrides") or {}))
     if model_cfg.get("pretrained"):
-        from .models.vit_npz import load_vit_r50_npz
+        from .models.pretrained import load_pretrained
 
-        path = Path(model_cfg["pretrained"])
-        if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained {path} does not exist (the R50+ViT-B_16.npz ImageNet-21k "
-                                    "file of the TransUNet authors)")
-        load_vit_r50_npz(model, path)
+        load_pretrained(model, Path(model_cfg["pretrained"]))  # fails on a wrong file before any step
     return model
 
 
@@ -237,6 +233,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
 
         self.dataset = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed, grid=self.grid)
+        if has_partial_labels(self.dataset):
+            from .losses.partial_label import PartialLabelLoss
+
+            # Cases that label only some organs: marginal + exclusion losses, equal weights as Shi et al. 2021.
+            self.objective.seg_loss = PartialLabelLoss(
+                self.num_classes, ce_weight=float(loss_cfg.get("ce_weight", 0.5)),
+                dice_weight=float(loss_cfg.get("dice_weight", 0.5)))
         if self.sampling == "class_balanced" and not hasattr(self.dataset, "organ_presence"):
             raise UsageError("data.sampling class_balanced needs CT slices on the model grid: set "
                              "data.augmentation=tiny_data")

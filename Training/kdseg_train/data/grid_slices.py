@@ -22,6 +22,8 @@ from KDSegmentationLib.inference.model_grid import ModelGrid
 
 from ..errors import UsageError
 from .ct_volumes import CTVolume
+from .label_maps import SYNAPSE_NUM_CLASSES
+from .partial_targets import encode_partial_labels
 from .tiny_data_augmentation import TinyDataAugmentation
 
 __all__ = ["GridSliceDataset"]
@@ -35,14 +37,16 @@ class GridSliceDataset(Dataset):
         grid: the model grid (size and mode) of the model card.
         transform: the per-sample augmentation (its ``img_size`` must equal the grid's).
         canvas_margin: extra pixels on each side of the canvas (0 for evaluation-style crops).
+        num_classes: classes of the labels (for partially labelled volumes' targets).
 
     Items (after :meth:`set_epoch` with the augmentation key): ``(image (1, S, S) float32,
-    label (S, S) int64)``, plus ``(teacher logits (K, S, S) float32, valid (S, S) bool)``
+    label (S, S) int64; merged-background codes of :mod:`~kdseg_train.data.partial_targets` for
+    partially labelled volumes)``, plus ``(teacher logits (K, S, S) float32, valid (S, S) bool)``
     once :meth:`attach_logits` has been called.
     """
 
     def __init__(self, volumes: Sequence[CTVolume], grid: ModelGrid, transform: TinyDataAugmentation,
-                 canvas_margin: int = 32) -> None:
+                 canvas_margin: int = 32, num_classes: int = SYNAPSE_NUM_CLASSES) -> None:
         if grid.height != grid.width:
             raise UsageError(f"training uses square model grids, got {grid.height}x{grid.width}")
         if transform.img_size != grid.height:
@@ -54,12 +58,15 @@ class GridSliceDataset(Dataset):
         images: List[np.ndarray] = []
         labels: List[np.ndarray] = []
         self.index: List[Tuple[str, int]] = []
+        self.num_classes = int(num_classes)
+        self.labeled: List[Optional[Tuple[int, ...]]] = []  # per slice: the organs its case labels (None: all)
         for volume in volumes:
             spacing_yx = volume.spacing_zyx[1:]
             images.append(grid.to_model(volume.image, spacing_yx, (size, size)))
             # Outside the scanned field is air: background, not "unknown".
             labels.append(grid.labels_to_model(volume.labels, spacing_yx, (size, size), fill=0))
             self.index.extend((volume.name, z) for z in range(volume.num_slices))
+            self.labeled.extend([volume.labeled] * volume.num_slices)
         if not self.index:
             raise UsageError("no volumes to take training slices from")
         self.canvases = np.concatenate(images).astype(np.float32)
@@ -112,6 +119,8 @@ class GridSliceDataset(Dataset):
         logits = None if self.logits is None else self.logits[i]
         sample = self.transform(self.canvases[i], self.canvas_labels[i], logits)
         label = sample.label
+        if self.labeled[i] is not None:  # a partially labelled case: background becomes merged background
+            label = torch.from_numpy(encode_partial_labels(np.asarray(label), self.labeled[i], self.num_classes))
         if self.logits is None:
             return sample.image, label
         return sample.image, label, sample.logits, sample.logits_valid

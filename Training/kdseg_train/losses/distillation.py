@@ -3,6 +3,7 @@
     distill:
       teacher: runs/teacher
       pixel_kd: {weight: 0.5, temperature: 4.0}         # Hinton KL on logits
+      partial_pixel_kd: {weight: 0.5, temperature: 4.0} # the same, teacher constrained by partial labels
       attention_kd: {weight: 0.1, pairs: [[0, 2], [1, 5], [2, 8], [3, 11]]}   # SHSA head vs teacher head mean
       token_kd: {weight: 1.0}                            # MISTKD token MSE through learned projections
       channel_kd: {weight: 3.0, tau: 1.0, feature: logits}        # CWD (adapter built when widths differ)
@@ -26,12 +27,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch import nn
 
+from ..data.partial_targets import hard_labels
 from ..errors import UsageError
 from .attention_kd import AttentionMapDistillation
 from .channel_kd import ChannelWiseDistillation
 from .contourlet import ContourletDistillation
 from .emkd import ImportanceMapDistillation, RegionAffinityDistillation
 from .pairwise_kd import PairwiseAffinityDistillation
+from .partial_pixel_kd import PartialLabelPixelKD
 from .pixel_kd import PixelKLDivergence
 from .ranking_kd import TokenRankingDistillation
 from .sccf import SpaceChannelCascadeDistillation
@@ -137,6 +140,9 @@ _REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
     "pixel_kd": (
         lambda o, s, t: PixelKLDivergence(float(o.get("temperature", 4.0))),
         lambda m, so, to, y, o: m(so.logits, to.logits, getattr(to, "valid", None)), False),
+    "partial_pixel_kd": (
+        lambda o, s, t: PartialLabelPixelKD(float(o.get("temperature", 4.0))),
+        lambda m, so, to, y, o: m(so.logits, to.logits, y, getattr(to, "valid", None)), False),
     "attention_kd": (
         lambda o, s, t: AttentionMapDistillation(s.depth, t.depth, o.get("pairs")),
         lambda m, so, to, y, o: m(so.attention_mean, to.attention_mean, so.grid, to.grid), True),
@@ -159,7 +165,7 @@ _REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
     "region_affinity_kd": (
         lambda o, s, t: RegionAffinityDistillation(s.num_classes),
         lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:0")),
-                                  select_feature(to, o.get("feature", "decoder:0")), y), True),
+                                  select_feature(to, o.get("feature", "decoder:0")), hard_labels(y)), True),
     "ranking_kd": (
         lambda o, s, t: TokenRankingDistillation(int(o.get("top_k", 16)), float(o.get("temperature", 1.0))),
         lambda m, so, to, y, o: m(so.attention_mean[int(o.get("layer", -1))],
@@ -179,7 +185,7 @@ _REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
 }
 
 _OPTIONS: Dict[str, set] = {
-    "pixel_kd": {"temperature"}, "attention_kd": {"pairs"}, "token_kd": {"pairs"},
+    "pixel_kd": {"temperature"}, "partial_pixel_kd": {"temperature"}, "attention_kd": {"pairs"}, "token_kd": {"pairs"},
     "channel_kd": {"tau", "feature"}, "pairwise_kd": {"grid", "feature"}, "importance_kd": {"p", "stages"},
     "region_affinity_kd": {"feature"}, "ranking_kd": {"top_k", "temperature", "layer", "teacher_layer"},
     "sccf": {"tau", "spatial_weight", "channel_weight", "stages"}, "contourlet_kd": {"levels", "directions", "feature"},
@@ -188,7 +194,7 @@ _OPTIONS: Dict[str, set] = {
 DISTILLATION_TERMS = tuple(_REGISTRY)
 
 # Terms that read only the teacher's logits: cached logits can replace the teacher's forward pass.
-LOGIT_TERMS = ("pixel_kd",)
+LOGIT_TERMS = ("pixel_kd", "partial_pixel_kd")
 
 
 def _as_dims(network: Union[nn.Module, FeatureDims], num_classes: Optional[int]) -> FeatureDims:
@@ -259,8 +265,8 @@ class DistillationCriterion(nn.Module):
         student, teacher = _to_float32(student), _to_float32(teacher)
         device_type = student.logits.device.type
         for name, term in self.terms.items():
-            if name == "region_affinity_kd" and labels is None:
-                raise ValueError("region_affinity_kd needs the ground-truth labels")
+            if name in ("region_affinity_kd", "partial_pixel_kd") and labels is None:
+                raise ValueError(f"{name} needs the ground-truth labels")
             with torch.autocast(device_type, enabled=False):
                 value = _REGISTRY[name][1](term, student, teacher, labels, self.options[name])
             values[name] = self.weights[name] * value

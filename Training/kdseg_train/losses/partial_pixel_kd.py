@@ -13,6 +13,8 @@ Our design: Shi et al. 2021 distil no teacher.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,8 @@ class PartialLabelPixelKD(nn.Module):
 
     Shapes:
         student_logits (B, C, H, W), teacher_logits (B, C, H', W') (resized to the
-        student's size), labels (B, H, W) targets with merged-background codes.
+        student's size), labels (B, H, W) targets with merged-background codes, valid
+        (B, H, W) bool or None: pixels cached teacher logits cover (mean over those only).
     """
 
     def __init__(self, temperature: float = 4.0) -> None:
@@ -40,8 +43,8 @@ class PartialLabelPixelKD(nn.Module):
             raise UsageError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
             teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear",
                                            align_corners=False)
@@ -57,4 +60,7 @@ class PartialLabelPixelKD(nn.Module):
         log_p_s = F.log_softmax(student_logits / t, dim=1)
         # 0 * log 0 := 0 for the vetoed classes.
         kl = (q * (torch.where(keep, log_q, torch.zeros_like(log_q)) - log_p_s)).sum(dim=1)
-        return kl.mean() * t * t
+        if valid is None:
+            return kl.mean() * t * t
+        weight = valid.to(kl.dtype)
+        return (kl * weight).sum() / weight.sum().clamp_min(1.0) * t * t

@@ -31,7 +31,7 @@ TRANSUNET_TEST_CASES = ("0008", "0022", "0038", "0036", "0032", "0002", "0029", 
 class BTCVLayout(DatasetLayout):
     name = "btcv"
     title = "BTCV abdomen (Multi-Atlas Labeling Beyond the Cranial Vault)"
-    licence = "Synapse syn3193805 conditions of use (registration required; no redistribution)"
+    licence = "Synapse syn3193805 conditions of use (registration required)"
     citation = "Landman et al., MICCAI 2015 Multi-Atlas Labeling Beyond the Cranial Vault challenge"
 
     def cases(self, root: Path) -> List[LayoutCase]:
