@@ -68,7 +68,8 @@ def test_export_for_publishing_then_download_and_verify(tmp_path, shared_data, s
     # A maintainer adds the one entry to a registry; users' kdseg fetches the file from the URL.
     maintainer = tmp_path / "maintainer"
     maintainer.mkdir()
-    (maintainer / "registry.json").write_text(json.dumps({"schema_version": 1, "default_model_id": MODEL_ID,
+    version = json.loads((release / "registry.json").read_text())["schema_version"]
+    (maintainer / "registry.json").write_text(json.dumps({"schema_version": version, "default_model_id": MODEL_ID,
                                                           "models": [entry]}))
     (root / "models").mkdir()
     shutil.copyfile(release / "model.onnx", root / "models" / f"{MODEL_ID}.onnx")

@@ -104,7 +104,7 @@ def _ct_cases(entry: Dict[str, Any], fmt: str, hu_window: Sequence[float], num_c
     unlabeled = tuple(int(i) for i in entry.get("unlabeled", ()))
     labeled = parse_labeled(entry.get("labeled"), num_classes)
     if labeled is not None and unlabeled:
-        raise ValueError(f"data entry {entry.get('name', entry['image'])}: give labeled: (partial-label training) or "
+        raise UsageError(f"data entry {entry.get('name', entry['image'])}: give labeled: (partial-label training) or "
                          "unlabeled: (background of those organs ignored), not both")
     volume = load_ct_volume(Path(entry["image"]), Path(entry["label"]), entry.get("remap", "identity"), unlabeled,
                             hu_window, entry.get("name"))
