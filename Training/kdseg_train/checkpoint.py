@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from KDSegmentationLib.atomic_files import TEMPORARY_MARK, atomic_directory, write_text_atomic
+from KDSegmentationLib.written_file_checks import check_safetensors_complete, check_zip_complete
 
 __all__ = ["CheckpointError", "Checkpoint", "capture_rng_state", "restore_rng_state", "save_checkpoint",
            "load_checkpoint", "latest_checkpoint", "prune_checkpoints"]
@@ -116,7 +117,7 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: to
     # An existing folder of the same step (e.g. a SIGTERM checkpoint at a step that was just
     # saved) is replaced as a whole; the files inside a fresh temporary folder need no
     # atomic writes of their own, the folder's rename publishes them together.
-    with atomic_directory(final, fsync=True) as tmp:
+    with atomic_directory(final, fsync=True, verify=_check_checkpoint_written) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(weights, str(tmp / WEIGHTS_FILE))
         state = {
@@ -132,6 +133,13 @@ def save_checkpoint(directory: Path, step: int, module: nn.Module, optimizer: to
     _write_json_atomic(directory / LATEST_FILE, {"step": step, "checkpoint": final.name})
     prune_checkpoints(directory, keep)
     return final
+
+
+def _check_checkpoint_written(folder: Path) -> None:
+    """The atomic writer's verify step: every file whole (a full disk can cut one short silently)."""
+    check_safetensors_complete(folder / WEIGHTS_FILE)
+    check_zip_complete(folder / STATE_FILE)
+    json.loads((folder / META_FILE).read_text(encoding="utf-8"))
 
 
 def _complete(path: Path) -> bool:

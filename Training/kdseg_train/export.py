@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from KDSegmentationLib.atomic_files import atomic_file, write_text_atomic
+from KDSegmentationLib.written_file_checks import check_safetensors_complete
 
 from .errors import UsageError
 from .models import TransUNet, TransUNetConfig
@@ -213,7 +214,7 @@ def export_safetensors(model: TransUNet, directory: Union[str, Path],
         config.update(extra)
     text = json.dumps(config, indent=2)  # fail on non-JSON metadata before touching any file
     weights = directory / SAFETENSORS_WEIGHTS
-    with atomic_file(weights) as tmp:
+    with atomic_file(weights, verify=check_safetensors_complete) as tmp:
         save_file(state, str(tmp), metadata={"format": SAFETENSORS_FORMAT})
     write_text_atomic(directory / SAFETENSORS_CONFIG, text)
     return weights
