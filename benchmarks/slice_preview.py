@@ -1,7 +1,7 @@
 """Live-preview latency: one axial slice of a 512 x 512 CT located, segmented and turned into an overlay array.
 
     python benchmarks/slice_preview.py [--registry REG] [--model ID] [--slices 150] [--threads N]
-                                       [--json FILE]
+                                       [--pixel-spacing-mm MM] [--json FILE]
 
 The CT is the real example CT resampled to 512 x 512 x N (as benchmarks/segment_volume.py
 builds it). The model session is opened and the volume prepared once, then every slice
@@ -15,6 +15,8 @@ the full pipeline's cost per slice (batches of 8). The 1-minute load average is
 printed and saved: absolute figures on a busy machine are inflated, the ratio is not, and
 neither (much) is the process's CPU time per preview, also reported (with one inference
 thread it approximates the latency on an idle machine).
+``--pixel-spacing-mm`` times the physical-size input mode with the same graph behind a card
+asking for that many mm per model pixel (the model's own card decides otherwise).
 Prints figures; asserts nothing.
 """
 
@@ -25,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ from segment_volume import DATA, resampled_ct  # noqa: E402  (same CT as the end
 from KDSegmentationLib.errors import KDSegError  # noqa: E402
 from KDSegmentationLib.imaging.orientation import to_canonical  # noqa: E402
 from KDSegmentationLib.imaging.slicer_geometry import ijk_to_ras_from_image  # noqa: E402
-from KDSegmentationLib.inference.pipeline import classify_slices  # noqa: E402
+from KDSegmentationLib.inference.pipeline import Segmenter, classify_slices  # noqa: E402
 from KDSegmentationLib.slicer_support.live_preview import (  # noqa: E402
     LivePreview,
     PreviewInput,
@@ -65,6 +68,8 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=150, help="slices of the 512 x 512 CT, each previewed once")
     parser.add_argument("--threads", type=int, default=gui_inference_threads(),
                         help="inference threads (default: the module's, all cores but one)")
+    parser.add_argument("--pixel-spacing-mm", type=float,
+                        help="time the physical-size mode: the model's graph at this many mm per model pixel")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.slices < 100:
@@ -85,7 +90,17 @@ def main() -> int:
           f"({card.input.height}x{card.input.width}); CPU {os.cpu_count()} cores, threads {args.threads or 'all'}; "
           f"load average (1 min) {load_before:.2f}")
 
-    preview = LivePreview(registry_segmenter_factory(registry))
+    open_segmenter = registry_segmenter_factory(registry)
+    if args.pixel_spacing_mm:
+        def open_segmenter(settings, _open=open_segmenter):  # noqa: E306  (same graph, physical-size card)
+            segmenter = _open(settings)
+            physical = replace(segmenter.card.input, pixel_spacing_mm=args.pixel_spacing_mm)
+            return Segmenter(replace(segmenter.card, input=physical), segmenter.engine)
+    mode = f"physical size, {args.pixel_spacing_mm} mm per model pixel" if args.pixel_spacing_mm else (
+        f"physical size, {card.input.pixel_spacing_mm} mm per model pixel" if card.input.pixel_spacing_mm
+        else "resize")
+    print(f"input mode: {mode}")
+    preview = LivePreview(open_segmenter)
     start = time.perf_counter()
     first = preview(ViewRequest(settings, volume, axial_view_through(canonical_ijk_to_ras, 0), np.eye(4)))
     print(f"first preview (opens the session, prepares the volume): {(time.perf_counter() - start) * 1000:.0f} ms; "
@@ -107,7 +122,7 @@ def main() -> int:
             stages.setdefault(stage, []).append(seconds)
         if z % 8 == 0 and z + 8 <= args.slices:  # interleaved: the full pipeline's step on 8 slices
             start = time.perf_counter()
-            classify_slices(hu[z:z + 8], segmenter)
+            classify_slices(hu[z:z + 8], segmenter, spacing_yx=(canonical.GetSpacing()[1], canonical.GetSpacing()[0]))
             per_slice_batched.append((time.perf_counter() - start) / 8)
     load_after = os.getloadavg()[0]
 
@@ -120,6 +135,7 @@ def main() -> int:
         "slices": args.slices,
         "slice_size": [512, 512],
         "model": card.id,
+        "input_mode": mode,
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "stage_p50_ms": {stage: percentile_ms(values, 50) for stage, values in stages.items()},

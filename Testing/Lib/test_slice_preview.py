@@ -1,5 +1,7 @@
 """One-slice preview on the real sample CT with the bundled model: equal to the full run's slice."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +17,17 @@ from KDSegmentationLib.resources import sample_ct_path
 @pytest.fixture(scope="module")
 def bundled_segmenter():
     return Segmenter.from_registry(device="cpu", allow_download=False)
+
+
+@pytest.fixture(scope="module", params=["resize", "physical"])
+def mode_segmenter(request, bundled_segmenter):
+    """The bundled model in both input modes: its own card (resize), and its graph behind a card asking for
+    2.6 mm model pixels (physical size; close to the 2.4-2.9 mm the resize mode gives on the sample)."""
+    if request.param == "resize":
+        assert bundled_segmenter.card.input.pixel_spacing_mm is None
+        return bundled_segmenter
+    card = bundled_segmenter.card
+    return Segmenter(replace(card, input=replace(card.input, pixel_spacing_mm=2.6)), bundled_segmenter.engine)
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +47,11 @@ def _input_slab(full_kji, preview):
     return full_kji[tuple(index)]
 
 
-def test_preview_of_each_slice_equals_that_slice_of_the_full_run(sample_ct, bundled_segmenter):
-    full = sitk.GetArrayFromImage(_full_labels_before_postprocessing(sample_ct, bundled_segmenter))  # input grid
+def test_preview_of_each_slice_equals_that_slice_of_the_full_run(sample_ct, mode_segmenter):
+    full = sitk.GetArrayFromImage(_full_labels_before_postprocessing(sample_ct, mode_segmenter))  # input grid
     assert set(np.unique(full)) >= {0, 5, 7}, "the bundled model finds liver and spleen on the sample"
     volume = PreviewVolume.from_image(sample_ct)
-    previewer = SlicePreviewer(bundled_segmenter)
+    previewer = SlicePreviewer(mode_segmenter)
     depth = volume.shape[0]
     organ_slices = 0
     for index in sorted(set(range(0, depth, 3)) | {depth - 1}):
@@ -67,19 +80,22 @@ def test_preview_keeps_only_the_chosen_structures_like_the_full_run(sample_ct, b
 
 
 @pytest.mark.parametrize("stored_as, axial_axis", [("IRA", 2), ("PSL", 1)])
-def test_preview_lands_on_the_input_grid_whatever_the_orientation(sample_ct, bundled_segmenter, stored_as,
+def test_preview_lands_on_the_input_grid_whatever_the_orientation(sample_ct, mode_segmenter, stored_as,
                                                                   axial_axis):
-    """The same CT stored in another voxel order (flipped; permuted so that the axial axis is I or J): the
-    preview is a one-slice volume on the input's grid, equal to the full run there, each voxel exactly on
-    the input voxel it describes."""
-    stored = sitk.DICOMOrient(sample_ct, stored_as)
-    full_image = _full_labels_before_postprocessing(stored, bundled_segmenter)
+    """The same CT with anisotropic voxels stored in another voxel order (flipped; permuted so that the axial
+    axis is I or J): the preview is a one-slice volume on the input's grid, equal to the full run there
+    (physical mode: resampled with the same in-plane spacing), each voxel exactly on the input voxel it
+    describes."""
+    anisotropic = sitk.Image(sample_ct)
+    anisotropic.SetSpacing((3.3, 2.7, 3.0))
+    stored = sitk.DICOMOrient(anisotropic, stored_as)
+    full_image = _full_labels_before_postprocessing(stored, mode_segmenter)
     full = sitk.GetArrayFromImage(full_image)  # on the stored grid
     volume = PreviewVolume.from_kji_array(sitk.GetArrayFromImage(stored), ijk_to_ras_from_image(stored))
     np.testing.assert_array_equal(volume.hu, sitk.GetArrayFromImage(to_canonical(sample_ct)))
     np.testing.assert_allclose(volume.ijk_to_ras, ijk_to_ras_from_image(to_canonical(stored)), atol=1e-9)
     index = int((sitk.GetArrayFromImage(to_canonical(full_image)) > 0).sum(axis=(1, 2)).argmax())
-    preview = SlicePreviewer(bundled_segmenter).segment_slice(volume, index)
+    preview = SlicePreviewer(mode_segmenter).segment_slice(volume, index)
     assert preview.input_axis == axial_axis and preview.labels.shape[axial_axis] == 1
     slab = _input_slab(full, preview)
     assert slab.any()
