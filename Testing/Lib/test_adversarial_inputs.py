@@ -584,3 +584,21 @@ def _release_abandoned_reader(fifo: Path, timeout: float = 30.0) -> None:
         readers[0].join(0.05)
     pytest.fail("the detached reader thread did not finish")
 
+
+@pytest.mark.parametrize("case", ["folder_without_dicom", "dicom_missing_slice", "dicom_corrupt_slice"])
+def test_no_raw_itk_or_gdcm_output_reaches_the_console(case, tmp_path, ct_crop, dicom_copy):
+    """In a real process (file descriptor 2, not pytest's capture): the one error line and nothing else."""
+    import subprocess
+    import sys
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    source, fragment = INPUT_CASES[case](inputs, ct_crop, dicom_copy)
+    run = subprocess.run([sys.executable, "-m", "KDSegmentationLib.cli", "segment", str(source), "-o",
+                          str(tmp_path / "seg.nii.gz")], capture_output=True, encoding="utf-8", errors="replace",
+                         timeout=300)
+    assert run.returncode == EXIT_INPUT, run.stderr
+    assert run.stderr.startswith("error: ") and fragment in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert not (tmp_path / "seg.nii.gz").exists()
+

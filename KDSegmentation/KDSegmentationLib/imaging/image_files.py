@@ -175,7 +175,7 @@ def _checked_series_grid(folder: Path, files: Tuple[str, ...], all_series_files:
             return grid
         grid_problem = ""
     raise InputImageError(f"{len(unreadable)} DICOM file(s) in {folder} cannot be read "
-                          f"({', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}){grid_problem}",
+                          f"({', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}){grid_problem}.",
                           "Copy or export the complete series again; the files are damaged.")
 
 
@@ -355,7 +355,7 @@ def write_image_atomic(image: sitk.Image, path: PathLike, verify: Optional[Verif
         # before ITK writes, so that a folder that cannot be written fails with the OS's
         # reason (ITK's writers report it only on stderr).
         with atomic_file(path, keep_suffix=True, verify=verify_written) as tmp:
-            with native_messages_captured(f"writing {path}"):  # e.g. the NIfTI library's "NWAD: wrote only ..."
+            with native_messages_captured(f"writing {path}", descriptor=True):  # the NIfTI library's "NWAD: ..."
                 sitk.WriteImage(image, str(tmp), useCompression=True)
     except (RuntimeError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)

@@ -6,9 +6,11 @@ descriptor 2): ITK warnings with source-file paths, GDCM notes, the NIfTI librar
 checked by the Lib itself and reported in one plain line, so their text is caught
 here and only logged at info level (``kdseg -v`` shows it).
 
-ITK's own warning switch is turned off for the same span; the descriptor is
-redirected only where Python's ``sys.stderr`` is that descriptor (the command line),
-not inside an application that routes it elsewhere (3D Slicer).
+ITK's own warning switch is turned off for the span, which silences ITK and GDCM
+while reading. Writing also redirects the descriptor (the NIfTI library prints with
+``fprintf``), but only where Python's ``sys.stderr`` is that descriptor (the command
+line, not 3D Slicer), and not while reading: ``kdseg`` loads the model on another
+thread meanwhile, whose download progress and warnings must stay visible.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ def _stderr_is_descriptor_2() -> bool:
 
 
 @contextmanager
-def native_messages_captured(what: str) -> Iterator[List[str]]:
-    """Silence ITK warnings and catch descriptor-2 output of native code for the duration.
+def native_messages_captured(what: str, descriptor: bool = False) -> Iterator[List[str]]:
+    """Silence ITK warnings (and with ``descriptor``, catch descriptor-2 output) for the duration.
 
     Args:
-        what: what is being done, for the log (e.g. "reading ct.nii.gz").
+        what: what is being done, for the log (e.g. "writing seg.nii").
+        descriptor: also redirect file descriptor 2 (writers that print with fprintf).
 
     Yields:
         A list that receives the caught lines when the block ends.
@@ -50,7 +53,7 @@ def native_messages_captured(what: str) -> Iterator[List[str]]:
     with _lock:
         previous = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
-        redirect = _stderr_is_descriptor_2()
+        redirect = descriptor and _stderr_is_descriptor_2()
         saved = sink = None
         if redirect:
             try:

@@ -67,7 +67,7 @@ def image_check(expected: sitk.Image) -> Callable[[PathLike], None]:
 
     def verify(path: PathLike) -> None:
         try:
-            with native_messages_captured(f"verifying {Path(path).name}"):
+            with native_messages_captured(f"verifying {Path(path).name}", descriptor=True):
                 written = _read_back(Path(path))
         except (RuntimeError, InputImageError):
             raise WrittenFileMismatch("cannot be read back") from None
