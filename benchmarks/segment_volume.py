@@ -301,8 +301,8 @@ def main() -> int:
         if args.baseline_src:
             baseline = run_kdseg(source, tmp_dir / "baseline.nii.gz", registry_path, model_id, args.batch_size,
                                  args.threads, args.baseline_src.resolve())
-            same = np.array_equal(sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_dir / "baseline.nii.gz"))),
-                                  sitk.GetArrayViewFromImage(sitk.ReadImage(str(tmp_dir / "student.nii.gz"))))
+            same = np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_dir / "baseline.nii.gz"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_dir / "student.nii.gz"))))
             baseline["labels_identical"] = bool(same)
         teacher = None
         if not args.no_teacher:
