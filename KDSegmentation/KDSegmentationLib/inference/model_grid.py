@@ -188,20 +188,20 @@ def argmax_sampled(logits: np.ndarray, taps_y: AxisTaps, taps_x: AxisTaps, out: 
 def _axis_operator(taps: AxisTaps, n_in: int, sigma: float) -> np.ndarray:
     """(n_out, n_in) float64 matrix of one axis: Gaussian blur (edge-clamped) then linear sampling.
 
-    Rows of output pixels outside the source are zero (the caller adds the fill).
+    Row j holds ``(1 - w_j) * kernel`` around ``lo_j`` and ``w_j * kernel`` around ``hi_j``
+    (indices clamped at the edges, as the blur pads); rows of output pixels outside the
+    source are zero (the caller adds the fill).
     """
-    blur = np.eye(n_in)
-    if sigma > 0:
-        kernel = _gaussian_kernel(sigma).astype(np.float64)
-        radius = kernel.size // 2
-        blur = np.zeros((n_in, n_in))
-        rows = np.arange(n_in)
-        for k, weight in enumerate(kernel):
-            np.add.at(blur, (rows, np.clip(rows + k - radius, 0, n_in - 1)), weight)
+    kernel = _gaussian_kernel(sigma).astype(np.float64) if sigma > 0 else np.ones(1)
+    offsets = np.arange(kernel.size) - kernel.size // 2
     weight = taps.w.astype(np.float64)[:, None]
-    sample = (1.0 - weight) * blur[taps.lo] + weight * blur[taps.hi]
-    sample[~taps.inside] = 0.0
-    return sample
+    columns = np.concatenate([np.clip(taps.lo[:, None] + offsets, 0, n_in - 1),
+                              np.clip(taps.hi[:, None] + offsets, 0, n_in - 1)], axis=1)
+    values = np.concatenate([(1.0 - weight) * kernel, weight * kernel], axis=1)
+    operator = np.zeros((taps.lo.size, n_in))
+    np.add.at(operator, (np.repeat(np.arange(taps.lo.size), columns.shape[1]), columns.ravel()), values.ravel())
+    operator[~taps.inside] = 0.0
+    return operator
 
 
 @dataclass(frozen=True)
