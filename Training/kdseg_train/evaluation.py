@@ -122,7 +122,7 @@ def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
             segmenter = _onnx_segmenter(source, config, Path(workdir))
             model_info.update(id=segmenter.card.id, architecture=segmenter.card.architecture,
                               input_size=[segmenter.card.input.height, segmenter.card.input.width],
-                              postprocess=bool(ev.get("postprocess", False)))
+                              postprocess=bool(ev["postprocess"]))
         else:
             model, step = load_run_model(source)
             img_size = model.img_size
@@ -133,11 +133,11 @@ def evaluate(config: Dict[str, Any], source: ModelSource, backend: str = "onnx",
             if progress:
                 _log.warning("evaluating case %d/%d: %s", i + 1, len(cases), case.name)
             if backend == "onnx":
-                pred = _predict_onnx(segmenter, case, hu_window, bool(ev.get("postprocess", False)),
-                                     int(ev.get("batch_size", 8)))
+                pred = _predict_onnx(segmenter, case, hu_window, bool(ev["postprocess"]),
+                                     int(ev["batch_size"]))
             else:
                 pred = predict_case(model, case.image, model_grid(dict(config["model"], img_size=img_size)),
-                                    int(ev.get("batch_size", 8)), spacing_yx=case.spacing_zyx[1:])
+                                    int(ev["batch_size"]), spacing_yx=case.spacing_zyx[1:])
             tu = transunet_case_metrics(pred, case.labels, case.organs)
             ph = physical_case_metrics(pred, case.labels, case.organs, case.spacing_zyx)
             results[case.name] = {

@@ -73,7 +73,7 @@ def build_model(model_cfg: Dict[str, Any]) -> nn.Module:
     from .models import create_model
 
     model = create_model(model_cfg["name"], num_classes=int(model_cfg["num_classes"]),
-                         img_size=int(model_cfg["img_size"]), in_channels=int(model_cfg.get("in_channels", 1)),
+                         img_size=int(model_cfg["img_size"]), in_channels=int(model_cfg["in_channels"]),
                          **dict(model_cfg.get("overrides") or {}))
     if model_cfg.get("pretrained"):
         from .models.pretrained import load_pretrained
@@ -183,9 +183,9 @@ class Trainer:
         train_cfg, data_cfg, model_cfg = config["train"], config["data"], config["model"]
         if train_cfg.get("threads"):
             torch.set_num_threads(int(train_cfg["threads"]))
-        self.ctx: DistributedContext = init_distributed(str(train_cfg.get("device", "auto")))
-        self.device = select_device(str(train_cfg.get("device", "auto")), self.ctx)
-        self.amp, self.amp_dtype = _amp_setting(train_cfg.get("amp", "auto"), self.device)
+        self.ctx: DistributedContext = init_distributed(str(train_cfg["device"]))
+        self.device = select_device(str(train_cfg["device"]), self.ctx)
+        self.amp, self.amp_dtype = _amp_setting(train_cfg["amp"], self.device)
         self.max_steps = int(train_cfg["max_steps"])
         if self.max_steps < 1:
             raise UsageError(f"train.max_steps must be >= 1, got {self.max_steps}")
@@ -193,7 +193,7 @@ class Trainer:
         self.img_size = int(model_cfg["img_size"])
         self.num_classes = int(model_cfg["num_classes"])
         self.grid = model_grid(model_cfg)
-        self.sampling = str(data_cfg.get("sampling", "uniform"))
+        self.sampling = str(data_cfg["sampling"])
         if self.sampling not in SAMPLINGS:
             raise UsageError(f"data.sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
 
@@ -214,9 +214,9 @@ class Trainer:
             criterion = _build_criterion(config["distill"], model, self.teacher, self.num_classes)
         from .losses import SegmentationLoss
 
-        loss_cfg = config.get("loss", {})
-        seg_loss = SegmentationLoss(self.num_classes, ce_weight=float(loss_cfg.get("ce_weight", 0.5)),
-                                    dice_weight=float(loss_cfg.get("dice_weight", 0.5)))
+        loss_cfg = config["loss"]
+        seg_loss = SegmentationLoss(self.num_classes, ce_weight=float(loss_cfg["ce_weight"]),
+                                    dice_weight=float(loss_cfg["dice_weight"]))
         self.objective = TrainingObjective(model, seg_loss, criterion).to(self.device)
         self.model = model
         self.loss_names = ["total", "seg"] + (list(criterion.terms) if criterion is not None else [])
@@ -299,7 +299,7 @@ class Trainer:
 
     def _loader(self, start_step: int) -> DataLoader:
         plan = self._batch_plan(start_step)
-        workers = int(self.config["data"].get("num_workers", 0))
+        workers = int(self.config["data"]["num_workers"])
         return DataLoader(EpochIndexedDataset(self.dataset), batch_sampler=plan, num_workers=workers,
                           pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init if workers else None,
                           # A private generator: creating the loader must not consume the global
@@ -316,7 +316,7 @@ class Trainer:
         if not self.ctx.enabled:
             return self.objective
         self.objective.global_batch_loss = True
-        if self.device.type == "cuda" and self.config["train"].get("sync_batchnorm", True):
+        if self.device.type == "cuda" and self.config["train"]["sync_batchnorm"]:
             # BatchNorm statistics over the global batch, as one process would compute them
             # (PyTorch's SyncBatchNorm runs on GPUs only; on CPU each process normalises its share).
             self.objective.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective.model)
@@ -444,7 +444,7 @@ class Trainer:
                     "wall_seconds": self._wall_before + time.time() - started_wall,
                     "cpu_seconds": self._cpu_before + cpu_seconds}
             save_checkpoint(self.out / "checkpoints", step, self.objective, self.optimizer, self.scheduler,
-                            self.scaler, rng_states, meta, keep=int(self.config["train"].get("keep_checkpoints", 2)))
+                            self.scaler, rng_states, meta, keep=int(self.config["train"]["keep_checkpoints"]))
         self.ctx.barrier()
 
     # -- run ------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ class Trainer:
                              resume_step)
             if self.val_cases:
                 val_log = CsvLog(self.out / "val_log.csv", self._val_columns(), resume_step)
-            if train_cfg.get("tensorboard", True):
+            if train_cfg["tensorboard"]:
                 writer = open_tensorboard(self.out / "tensorboard", resume_step)
             from tqdm import tqdm
 
@@ -491,7 +491,7 @@ class Trainer:
         started_wall, started_cpu = time.time(), time.process_time()
         checkpoint_every = max(1, int(train_cfg["checkpoint_every"]))
         val_every = max(1, int(train_cfg["val_every"]))
-        log_every = max(1, int(train_cfg.get("log_every", 1)))
+        log_every = max(1, int(train_cfg["log_every"]))
         plan = None
         last_val: Optional[Dict[str, Any]] = None
         self.objective.train()
@@ -576,7 +576,7 @@ class Trainer:
                                          "cases": {case: {names.get(i, str(i)): v for i, v in scores.items()}
                                                    for case, scores in last_val["cases"].items()}}
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
-            if self.config["train"].get("figures", True):
+            if self.config["train"]["figures"]:
                 self._write_figures(summary.get("validation"))
         self.ctx.barrier()
         return final

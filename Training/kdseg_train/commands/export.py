@@ -54,9 +54,9 @@ def _run(args: argparse.Namespace) -> int:
                          "theirs automatically)")
     registry = export_release(
         run_dir, release, model_id, args.title or ex.get("title") or model_id, config,
-        evaluation_path=evaluation, from_checkpoint=args.checkpoint, version=str(ex.get("version", "0.1.0")),
+        evaluation_path=evaluation, from_checkpoint=args.checkpoint, version=str(ex["version"]),
         description=ex.get("description"), intended_use=ex.get("intended_use") or "",
-        extra_metrics=extra, default=bool(ex.get("default", True)), urls=tuple(args.url or ()),
+        extra_metrics=extra, default=bool(ex["default"]), urls=tuple(args.url or ()),
         data_licences=licences, weights_licence=args.weights_licence)
     print(f"release written: {registry}")
     print(f"model card: {registry.parent / (model_id + '.md')}; checksums: {registry.parent / 'SHA256SUMS'}")

@@ -21,8 +21,9 @@ coarsest first) or ``encoder`` (CNN map before the patch embedding).
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, fields, is_dataclass, replace
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ from .sccf import SpaceChannelCascadeDistillation
 from .token_kd import TokenSequenceDistillation
 
 __all__ = ["FeatureDims", "DISTILLATION_TERMS", "DistillationCriterion", "CachedTeacherLogits", "build_distillation",
-           "select_feature", "LOGIT_TERMS"]
+           "select_feature", "LOGIT_TERMS", "DistillationTerm", "register_term"]
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,93 @@ def select_feature(output: Any, feature: str) -> torch.Tensor:
     return maps[index]
 
 
-# name -> (builder(options, student_dims, teacher_dims), apply(term, student_out, teacher_out, labels, options))
-_Builder = Callable[[Dict[str, Any], FeatureDims, FeatureDims], nn.Module]
-_Apply = Callable[[nn.Module, Any, Any, torch.Tensor, Dict[str, Any]], torch.Tensor]
+# --- the terms: typed options, registered by name --------------------------------------
+# Each term is a frozen dataclass of its options (``weight`` plus its own, with their
+# defaults) that builds its loss module and applies it to the two networks' outputs.
+# ``@register_term(name)`` adds it to the registry, like timm's ``@register_model``: the
+# YAML keys a term accepts are its fields, so options and code cannot drift apart.
+
+
+@dataclass(frozen=True)
+class DistillationTerm:
+    """Base of a distillation term's options; subclasses add fields and implement build/apply.
+
+    Attributes:
+        weight: multiplies the term's value in the total; 0 switches the term off.
+        needs_features: class-level: the term reads taps beyond the logits.
+        teacher_logits_only: class-level: the term reads only the teacher's logits, so
+            cached teacher logits can replace the teacher's forward pass.
+        needs_labels: class-level: the term reads the ground-truth labels.
+    """
+
+    weight: float = 0.0
+
+    name: ClassVar[str] = ""
+    needs_features: ClassVar[bool] = True
+    teacher_logits_only: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        """The loss module (its parameters, e.g. projections, train with the student)."""
+        raise NotImplementedError
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """The term's (unweighted) value on ``TransUNetOutput``-like outputs and (B, H, W) labels."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "DistillationTerm":
+        """The typed options of ``distill.<name>``; unknown options and wrong types are refused by path."""
+        known = [f.name for f in fields(cls)]
+        bad = set(options) - set(known)
+        if bad:
+            raise UsageError(f"distill.{cls.name}: unknown option(s) {sorted(bad)}; known: weight, "
+                             f"{', '.join(sorted(set(known) - {'weight'}))}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{key: _coerce(cls.name, key, value, hints[key]) for key, value in options.items()})
+
+
+_TERMS: Dict[str, Type[DistillationTerm]] = {}
+
+
+def register_term(name: str) -> Callable[[Type[DistillationTerm]], Type[DistillationTerm]]:
+    """Class decorator: register a :class:`DistillationTerm` subclass as ``distill.<name>``."""
+
+    def decorator(cls: Type[DistillationTerm]) -> Type[DistillationTerm]:
+        if name in _TERMS:
+            raise ValueError(f"distillation term {name!r} is registered twice")
+        cls.name = name
+        _TERMS[name] = cls
+        return cls
+
+    return decorator
+
+
+def _coerce(term: str, key: str, value: Any, hint: Any) -> Any:
+    """A YAML value as the option's type (numbers written as strings included), or UsageError."""
+    target = hint
+    if typing.get_origin(hint) is Union:
+        arms = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        target = arms[0] if len(arms) == 1 else Any
+    try:
+        if target is float:
+            return float(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if typing.get_origin(target) in (tuple, list) and int in typing.get_args(target):
+            items = [int(v) for v in value]  # grid sizes, stage indices
+            return tuple(items) if typing.get_origin(target) is tuple else items
+    except (TypeError, ValueError):
+        raise UsageError(f"distill.{term}.{key} must be {_KINDS.get(target, 'a list of integers')}, "
+                         f"got {value!r}") from None
+    return value
+
+
+_KINDS = {float: "a number", int: "an integer"}
 
 
 def _stage_mean(term: nn.Module, s_maps: Sequence[torch.Tensor], t_maps: Sequence[torch.Tensor],
@@ -128,73 +213,203 @@ def _stage_mean(term: nn.Module, s_maps: Sequence[torch.Tensor], t_maps: Sequenc
     return sum(term(s_maps[i], t_maps[i]) for i in stages) / len(stages)
 
 
-def _stages(options: Dict[str, Any], count: int) -> Sequence[int]:
+def _stages(stages: Optional[Sequence[int]], count: int) -> Sequence[int]:
     """Decoder stage indices of a term (default all ``count``), checked."""
-    stages = [int(i) for i in options.get("stages", range(count))]
-    if not stages or any(not -count <= i < count for i in stages):
-        raise UsageError(f"stages {stages} must index the {count} decoder stages")
-    return stages
+    chosen = list(range(count)) if stages is None else [int(i) for i in stages]
+    if not chosen or any(not -count <= i < count for i in chosen):
+        raise UsageError(f"stages {chosen} must index the {count} decoder stages")
+    return chosen
 
 
-_REGISTRY: Dict[str, Tuple[_Builder, _Apply, bool]] = {
-    "pixel_kd": (
-        lambda o, s, t: PixelKLDivergence(float(o.get("temperature", 4.0))),
-        lambda m, so, to, y, o: m(so.logits, to.logits, getattr(to, "valid", None)), False),
-    "partial_pixel_kd": (
-        lambda o, s, t: PartialLabelPixelKD(float(o.get("temperature", 4.0))),
-        lambda m, so, to, y, o: m(so.logits, to.logits, y, getattr(to, "valid", None)), False),
-    "attention_kd": (
-        lambda o, s, t: AttentionMapDistillation(s.depth, t.depth, o.get("pairs")),
-        lambda m, so, to, y, o: m(so.attention_mean, to.attention_mean, so.grid, to.grid), True),
-    "token_kd": (
-        lambda o, s, t: TokenSequenceDistillation(s.hidden_size, t.hidden_size, s.depth, t.depth, o.get("pairs")),
-        lambda m, so, to, y, o: m(so.tokens, to.tokens, so.grid, to.grid), True),
-    "channel_kd": (
-        lambda o, s, t: ChannelWiseDistillation(float(o.get("tau", 1.0)), s.channels(o.get("feature", "logits")),
-                                                t.channels(o.get("feature", "logits"))),
-        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "logits")),
-                                  select_feature(to, o.get("feature", "logits"))), False),
-    "pairwise_kd": (
-        lambda o, s, t: PairwiseAffinityDistillation(tuple(o.get("grid", (16, 16)))),
-        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:0")),
-                                  select_feature(to, o.get("feature", "decoder:0"))), True),
-    "importance_kd": (
-        lambda o, s, t: ImportanceMapDistillation(float(o.get("p", 4.0))),
-        lambda m, so, to, y, o: _stage_mean(m, so.decoder_features, to.decoder_features,
-                                            _stages(o, len(so.decoder_features))), True),
-    "region_affinity_kd": (
-        lambda o, s, t: RegionAffinityDistillation(s.num_classes),
-        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:0")),
-                                  select_feature(to, o.get("feature", "decoder:0")), hard_labels(y)), True),
-    "ranking_kd": (
-        lambda o, s, t: TokenRankingDistillation(int(o.get("top_k", 16)), float(o.get("temperature", 1.0))),
-        lambda m, so, to, y, o: m(so.attention_mean[int(o.get("layer", -1))],
-                                  to.attention_mean[int(o.get("teacher_layer", o.get("layer", -1)))], so.grid,
-                                  to.grid), True),
-    "sccf": (
-        lambda o, s, t: SpaceChannelCascadeDistillation([s.decoder_channels[i] for i in _stages(o, len(s.decoder_channels))],
-                                                        [t.decoder_channels[i] for i in _stages(o, len(t.decoder_channels))],
-                                                        float(o.get("tau", 1.0)), float(o.get("spatial_weight", 1.0)),
-                                                        float(o.get("channel_weight", 1.0))),
-        lambda m, so, to, y, o: m([so.decoder_features[i] for i in _stages(o, len(so.decoder_features))],
-                                  [to.decoder_features[i] for i in _stages(o, len(to.decoder_features))]), True),
-    "contourlet_kd": (
-        lambda o, s, t: ContourletDistillation(int(o.get("levels", 2)), o.get("directions", 8)),
-        lambda m, so, to, y, o: m(select_feature(so, o.get("feature", "decoder:1")),
-                                  select_feature(to, o.get("feature", "decoder:1"))), True),
-}
+@register_term("pixel_kd")
+@dataclass(frozen=True)
+class PixelKD(DistillationTerm):
+    """Hinton KL divergence on the logits at ``temperature``."""
 
-_OPTIONS: Dict[str, set] = {
-    "pixel_kd": {"temperature"}, "partial_pixel_kd": {"temperature"}, "attention_kd": {"pairs"}, "token_kd": {"pairs"},
-    "channel_kd": {"tau", "feature"}, "pairwise_kd": {"grid", "feature"}, "importance_kd": {"p", "stages"},
-    "region_affinity_kd": {"feature"}, "ranking_kd": {"top_k", "temperature", "layer", "teacher_layer"},
-    "sccf": {"tau", "spatial_weight", "channel_weight", "stages"}, "contourlet_kd": {"levels", "directions", "feature"},
-}
+    temperature: float = 4.0
 
-DISTILLATION_TERMS = tuple(_REGISTRY)
+    needs_features: ClassVar[bool] = False
+    teacher_logits_only: ClassVar[bool] = True
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return PixelKLDivergence(self.temperature)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(student.logits, teacher.logits, getattr(teacher, "valid", None))
+
+
+@register_term("partial_pixel_kd")
+@dataclass(frozen=True)
+class PartialPixelKD(DistillationTerm):
+    """Hinton KL on the logits with the teacher constrained by the case's partial labels."""
+
+    temperature: float = 4.0
+
+    needs_features: ClassVar[bool] = False
+    teacher_logits_only: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = True
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return PartialLabelPixelKD(self.temperature)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(student.logits, teacher.logits, labels, getattr(teacher, "valid", None))
+
+
+@register_term("attention_kd")
+@dataclass(frozen=True)
+class AttentionKD(DistillationTerm):
+    """Student attention maps vs teacher head-mean maps on (student, teacher) layer ``pairs``."""
+
+    pairs: Optional[List[Any]] = None
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return AttentionMapDistillation(student.depth, teacher.depth, self.pairs)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(student.attention_mean, teacher.attention_mean, student.grid, teacher.grid)
+
+
+@register_term("token_kd")
+@dataclass(frozen=True)
+class TokenKD(DistillationTerm):
+    """MISTKD token MSE through learned projections on layer ``pairs``."""
+
+    pairs: Optional[List[Any]] = None
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return TokenSequenceDistillation(student.hidden_size, teacher.hidden_size, student.depth, teacher.depth,
+                                         self.pairs)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(student.tokens, teacher.tokens, student.grid, teacher.grid)
+
+
+@register_term("channel_kd")
+@dataclass(frozen=True)
+class ChannelKD(DistillationTerm):
+    """Channel-wise distillation (CWD) of tap ``feature`` at temperature ``tau``."""
+
+    tau: float = 1.0
+    feature: str = "logits"
+
+    needs_features: ClassVar[bool] = False  # unless a feature is named (see DistillationCriterion)
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return ChannelWiseDistillation(self.tau, student.channels(self.feature), teacher.channels(self.feature))
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(select_feature(student, self.feature), select_feature(teacher, self.feature))
+
+
+@register_term("pairwise_kd")
+@dataclass(frozen=True)
+class PairwiseKD(DistillationTerm):
+    """Structured KD: pair-wise affinities of tap ``feature`` pooled to ``grid``."""
+
+    grid: Tuple[int, ...] = (16, 16)
+    feature: str = "decoder:0"
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return PairwiseAffinityDistillation(tuple(self.grid))
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(select_feature(student, self.feature), select_feature(teacher, self.feature))
+
+
+@register_term("importance_kd")
+@dataclass(frozen=True)
+class ImportanceKD(DistillationTerm):
+    """EMKD importance maps (power ``p``) on the decoder ``stages`` (default all)."""
+
+    p: float = 4.0
+    stages: Optional[List[int]] = None
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return ImportanceMapDistillation(self.p)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return _stage_mean(module, student.decoder_features, teacher.decoder_features,
+                           _stages(self.stages, len(student.decoder_features)))
+
+
+@register_term("region_affinity_kd")
+@dataclass(frozen=True)
+class RegionAffinityKD(DistillationTerm):
+    """EMKD region affinity between the K organs on tap ``feature`` (on hard labels)."""
+
+    feature: str = "decoder:0"
+
+    needs_labels: ClassVar[bool] = True
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return RegionAffinityDistillation(student.num_classes)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(select_feature(student, self.feature), select_feature(teacher, self.feature),
+                      hard_labels(labels))
+
+
+@register_term("ranking_kd")
+@dataclass(frozen=True)
+class RankingKD(DistillationTerm):
+    """RSKD-style ListNet on the ``top_k`` token importances of ``layer`` (teacher: ``teacher_layer``)."""
+
+    top_k: int = 16
+    temperature: float = 1.0
+    layer: int = -1
+    teacher_layer: Optional[int] = None  # default: the same index as ``layer``
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return TokenRankingDistillation(self.top_k, self.temperature)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        teacher_layer = self.layer if self.teacher_layer is None else self.teacher_layer
+        return module(student.attention_mean[self.layer], teacher.attention_mean[teacher_layer], student.grid,
+                      teacher.grid)
+
+
+@register_term("sccf")
+@dataclass(frozen=True)
+class SpaceChannelCascadeKD(DistillationTerm):
+    """Spatial + channel attention transfer, cascaded over the decoder ``stages`` (default all)."""
+
+    tau: float = 1.0
+    spatial_weight: float = 1.0
+    channel_weight: float = 1.0
+    stages: Optional[List[int]] = None
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return SpaceChannelCascadeDistillation(
+            [student.decoder_channels[i] for i in _stages(self.stages, len(student.decoder_channels))],
+            [teacher.decoder_channels[i] for i in _stages(self.stages, len(teacher.decoder_channels))],
+            self.tau, self.spatial_weight, self.channel_weight)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module([student.decoder_features[i] for i in _stages(self.stages, len(student.decoder_features))],
+                      [teacher.decoder_features[i] for i in _stages(self.stages, len(teacher.decoder_features))])
+
+
+@register_term("contourlet_kd")
+@dataclass(frozen=True)
+class ContourletKD(DistillationTerm):
+    """CDM texture energy of tap ``feature``: ``levels`` pyramid levels, ``directions`` per level (int or list)."""
+
+    levels: int = 2
+    directions: Any = 8
+    feature: str = "decoder:1"
+
+    def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
+        return ContourletDistillation(self.levels, self.directions)
+
+    def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        return module(select_feature(student, self.feature), select_feature(teacher, self.feature))
+
+
+DISTILLATION_TERMS = tuple(_TERMS)
 
 # Terms that read only the teacher's logits: cached logits can replace the teacher's forward pass.
-LOGIT_TERMS = ("pixel_kd", "partial_pixel_kd")
+LOGIT_TERMS = tuple(name for name, term in _TERMS.items() if term.teacher_logits_only)
 
 
 def _as_dims(network: Union[nn.Module, FeatureDims], num_classes: Optional[int]) -> FeatureDims:
@@ -218,38 +433,36 @@ class DistillationCriterion(nn.Module):
     def __init__(self, config: Mapping[str, Any], student: Union[nn.Module, FeatureDims],
                  teacher: Union[nn.Module, FeatureDims], num_classes: Optional[int] = None) -> None:
         super().__init__()
-        unknown = set(config) - set(_REGISTRY) - {"teacher"}
+        unknown = set(config) - set(_TERMS) - {"teacher"}
         if unknown:
-            raise UsageError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(_REGISTRY)}")
+            raise UsageError(f"unknown distillation term(s) {sorted(unknown)}; known: {', '.join(_TERMS)}")
         s_dims, t_dims = _as_dims(student, num_classes), _as_dims(teacher, num_classes)
         if num_classes is not None:
             s_dims = FeatureDims(num_classes, *_tail(s_dims))
             t_dims = FeatureDims(num_classes, *_tail(t_dims))
         self.student_dims, self.teacher_dims = s_dims, t_dims
         self.weights: Dict[str, float] = {}
-        self.options: Dict[str, Dict[str, Any]] = {}
+        self.options: Dict[str, Dict[str, Any]] = {}  # the options each term was given (without weight)
+        self.specs: Dict[str, DistillationTerm] = {}  # their typed form, defaults filled in
         terms: Dict[str, nn.Module] = {}
-        for name in _REGISTRY:  # registry order, so log columns do not depend on the YAML's key order
+        for name, term_class in _TERMS.items():  # registry order: log columns do not follow the YAML's order
             if name not in config:
                 continue
             raw = config[name]
             if raw is not None and not isinstance(raw, Mapping):
                 raise UsageError(f"distill.{name} must be a mapping such as {{weight: 0.5}}, got {raw!r}")
-            options = dict(raw or {})
-            weight = float(options.pop("weight", 0.0))
-            bad = set(options) - _OPTIONS[name]
-            if bad:
-                raise UsageError(f"distill.{name}: unknown option(s) {sorted(bad)}; known: weight, "
-                                 f"{', '.join(sorted(_OPTIONS[name]))}")
-            if weight < 0:
-                raise UsageError(f"distill.{name}.weight must be >= 0, got {weight}")
-            if weight == 0:
+            spec = term_class.from_options(dict(raw or {}))
+            if spec.weight < 0:
+                raise UsageError(f"distill.{name}.weight must be >= 0, got {spec.weight}")
+            if spec.weight == 0:
                 continue
-            terms[name] = _REGISTRY[name][0](options, s_dims, t_dims)
-            self.weights[name] = weight
-            self.options[name] = options
+            terms[name] = spec.build(s_dims, t_dims)
+            self.weights[name] = spec.weight
+            self.options[name] = {k: v for k, v in dict(raw or {}).items() if k != "weight"}
+            self.specs[name] = spec
         self.terms = nn.ModuleDict(terms)
-        self.needs_features = any(_REGISTRY[n][2] or "feature" in self.options[n] for n in terms)
+        # A named feature tap (channel_kd's ``feature``) also needs the taps.
+        self.needs_features = any(self.specs[n].needs_features or "feature" in self.options[n] for n in terms)
 
     def forward(self, student: Any, teacher: Any, labels: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -265,10 +478,10 @@ class DistillationCriterion(nn.Module):
         student, teacher = _to_float32(student), _to_float32(teacher)
         device_type = student.logits.device.type
         for name, term in self.terms.items():
-            if name in ("region_affinity_kd", "partial_pixel_kd") and labels is None:
+            if self.specs[name].needs_labels and labels is None:
                 raise ValueError(f"{name} needs the ground-truth labels")
             with torch.autocast(device_type, enabled=False):
-                value = _REGISTRY[name][1](term, student, teacher, labels, self.options[name])
+                value = self.specs[name].apply(term, student, teacher, labels)
             values[name] = self.weights[name] * value
         total = sum(values.values()) if values else student.logits.new_zeros(())
         return total, values
@@ -326,5 +539,5 @@ def build_distillation(cfg: Mapping[str, Any], student_dims: Union[nn.Module, Fe
     criterion = DistillationCriterion(cfg, student_dims, teacher_dims, num_classes)
     if not len(criterion.terms):
         raise UsageError("distill: no distillation term has a weight > 0 (e.g. distill.pixel_kd.weight: 0.5); "
-                         f"known terms: {', '.join(_REGISTRY)}")
+                         f"known terms: {', '.join(_TERMS)}")
     return criterion
