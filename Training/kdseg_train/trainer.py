@@ -238,8 +238,8 @@ class Trainer:
 
             # Cases that label only some organs: marginal + exclusion losses, equal weights as Shi et al. 2021.
             self.objective.seg_loss = PartialLabelLoss(
-                self.num_classes, ce_weight=float(loss_cfg.get("ce_weight", 0.5)),
-                dice_weight=float(loss_cfg.get("dice_weight", 0.5)))
+                self.num_classes, ce_weight=float(loss_cfg["ce_weight"]),
+                dice_weight=float(loss_cfg["dice_weight"]))
         if self.sampling == "class_balanced" and not hasattr(self.dataset, "organ_presence"):
             raise UsageError("data.sampling class_balanced needs CT slices on the model grid: set "
                              "data.augmentation=tiny_data")
