@@ -29,6 +29,7 @@ anti-aliasing rule), the same in training and at inference.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -204,6 +205,23 @@ def _axis_operator(taps: AxisTaps, n_in: int, sigma: float) -> np.ndarray:
     return operator
 
 
+@functools.lru_cache(maxsize=16)
+def _input_operators(grid: "ModelGrid", h: int, w: int, sy: float, sx: float
+                     ) -> Tuple[AxisTaps, AxisTaps, np.ndarray, np.ndarray]:
+    """Taps and the two (read-only) axis operators of :meth:`ModelGrid.to_model_fast` for one slice size and
+    spacing. Building them costs more than applying them to one slice, and every batch of a volume (and
+    every slice the live preview segments) has the same size and spacing, so they are built once."""
+    taps_y, taps_x = grid.input_taps((h, w), (sy, sx))
+    sigma_y, sigma_x = 0.0, 0.0
+    if grid.physical:
+        p = float(grid.pixel_spacing_mm)  # type: ignore[arg-type]
+        sigma_y, sigma_x = (p / sy - 1.0) / 2.0, (p / sx - 1.0) / 2.0
+    rows = _axis_operator(taps_y, h, sigma_y).astype(np.float32)
+    cols = _axis_operator(taps_x, w, sigma_x).astype(np.float32)
+    rows.flags.writeable = cols.flags.writeable = False
+    return taps_y, taps_x, rows, cols
+
+
 @dataclass(frozen=True)
 class ModelGrid:
     """The model's input grid and how slices are put on it (see the module docstring).
@@ -298,13 +316,7 @@ class ModelGrid:
         """
         slices = np.asarray(slices, dtype=np.float32)
         h, w = slices.shape[-2:]
-        taps_y, taps_x = self.input_taps((h, w), spacing_yx)
-        sigma_y, sigma_x = 0.0, 0.0
-        if self.physical:
-            p = float(self.pixel_spacing_mm)  # type: ignore[arg-type]
-            sigma_y, sigma_x = (p / float(spacing_yx[0]) - 1.0) / 2.0, (p / float(spacing_yx[1]) - 1.0) / 2.0
-        rows = _axis_operator(taps_y, h, sigma_y).astype(np.float32)
-        cols = _axis_operator(taps_x, w, sigma_x).astype(np.float32)
+        taps_y, taps_x, rows, cols = _input_operators(self, h, w, float(spacing_yx[0]), float(spacing_yx[1]))
         out = np.matmul(np.matmul(rows, slices), cols.T)
         if fill != 0.0 and not (taps_y.inside.all() and taps_x.inside.all()):
             out[..., ~(taps_y.inside[:, None] & taps_x.inside[None, :])] = fill
