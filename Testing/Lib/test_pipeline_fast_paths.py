@@ -64,7 +64,9 @@ def reference_segment(image, segmenter, options):
     for first in range(0, hu.shape[0], options.batch_size):
         unit = window_to_unit(hu[first:first + options.batch_size], card.input.hu_window)
         if grid.physical:  # blur, sample onto the mm grid, classes sampled back, background outside the grid
-            logits = segmenter.engine.run(grid.to_model(unit, spacing_yx)[:, None])
+            # The pipeline's model input (to_model_fast; its equality with to_model up to float rounding is
+            # tested in test_model_grid): here the fast paths after the model call are checked bit for bit.
+            logits = segmenter.engine.run(grid.to_model_fast(unit, spacing_yx)[:, None])
             taps_y, taps_x = grid.output_taps(hu.shape[1:], spacing_yx)
             batch = sample_slices(logits, taps_y, taps_x).argmax(axis=1)
             batch[:, ~(taps_y.inside[:, None] & taps_x.inside[None, :])] = 0

@@ -21,13 +21,13 @@ def bundled_segmenter():
 
 @pytest.fixture(scope="module", params=["resize", "physical"])
 def mode_segmenter(request, bundled_segmenter):
-    """The bundled model in both input modes: its own card (resize), and its graph behind a card asking for
-    2.6 mm model pixels (physical size; close to the 2.4-2.9 mm the resize mode gives on the sample)."""
-    if request.param == "resize":
-        assert bundled_segmenter.card.input.pixel_spacing_mm is None
-        return bundled_segmenter
+    """The bundled graph in both input modes: behind a card in resize mode, and behind its own physical-size
+    card (3 mm model pixels; the resize mode gives 2.4-2.9 mm on the sample)."""
     card = bundled_segmenter.card
-    return Segmenter(replace(card, input=replace(card.input, pixel_spacing_mm=2.6)), bundled_segmenter.engine)
+    assert card.input.pixel_spacing_mm is not None  # the bundled v2 model is physical-size
+    if request.param == "resize":
+        return Segmenter(replace(card, input=replace(card.input, pixel_spacing_mm=None)), bundled_segmenter.engine)
+    return bundled_segmenter
 
 
 @pytest.fixture(scope="module")
