@@ -417,8 +417,10 @@ def _reoriented(code: str):
 
 
 def _anisotropic(ct: sitk.Image) -> sitk.Image:
+    # Unequal spacing on all three axes, close to the true 3 mm in-plane: the bundled model takes slices at a
+    # fixed mm per pixel (physical size), so a header that shrank the body to a quarter would hide the liver.
     image = sitk.Image(ct)
-    image.SetSpacing((0.7, 0.7, 5.0))
+    image.SetSpacing((2.9, 3.1, 5.0))
     return image
 
 
