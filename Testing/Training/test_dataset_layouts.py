@@ -87,7 +87,7 @@ def test_totalsegmentator_per_structure_files_and_meta_splits(crop, tmp_path):
         np.testing.assert_array_equal(_converted(out, case), expected)
         written = sitk.ReadImage(str(out / "labels" / f"{case}.nii.gz"))
         assert written.GetDirection() == ct.GetDirection() and written.GetOrigin() == ct.GetOrigin()
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [e["name"] for e in datalist["training"]] == ["s0011"] and [e["name"] for e in datalist["test"]] == ["s0012"]
     assert datalist["training"][0]["labeled"] == ORGAN_NAMES and datalist["licence"] == "CC BY 4.0"
     pairs = pairs_from_datalist(out / "datalist.json", "test")  # MONAI reads it; labels relative to the JSON
@@ -97,7 +97,7 @@ def test_totalsegmentator_per_structure_files_and_meta_splits(crop, tmp_path):
 def test_totalsegmentator_missing_structure_file_is_named(crop, tmp_path):
     ct, _ = crop
     _write(ct, tmp_path / "s0001" / "ct.nii.gz")
-    (tmp_path / "meta.csv").write_text("image_id;split\ns0001;train\n")
+    (tmp_path / "meta.csv").write_text("image_id;split\ns0001;train\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError, match=r"segmentations lacks aorta.nii.gz, gallbladder.nii.gz"):
         get_layout("totalsegmentator").cases(tmp_path)
 
@@ -120,16 +120,16 @@ def test_amos_dataset_json_ct_cases_remapped(crop, tmp_path):
             "training": [{"image": "./imagesTr/amos_0005.nii.gz", "label": "./labelsTr/amos_0005.nii.gz"},
                          {"image": "./imagesTr/amos_0540.nii.gz", "label": "./labelsTr/amos_0540.nii.gz"}],
             "validation": [{"image": "./imagesVa/amos_0008.nii.gz", "label": "./labelsVa/amos_0008.nii.gz"}]}
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     out = tmp_path / "out"
     convert_layout("amos", root, out)
     for case in ("amos_0005", "amos_0008"):
         np.testing.assert_array_equal(_converted(out, case), _expected(seg))
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [e["name"] for e in datalist["training"]] == ["amos_0005"]  # amos_0540 is an MRI case
     assert [e["name"] for e in datalist["validation"]] == ["amos_0008"]
     meta["labels"]["10"] = "duodenum"
-    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match="label 10 is 'duodenum', expected 'pancreas'"):
         get_layout("amos").cases(root)
 
@@ -147,12 +147,12 @@ def test_btcv_raw_layout_with_transunet_split_and_synapse_export(crop, tmp_path)
                        "--synapse"]) == 0
     for case in ("case0001", "case0005"):
         np.testing.assert_array_equal(_converted(out, case), _expected(seg))
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [e["name"] for e in datalist["test"]] == ["case0001"]  # TransUNet test case
     assert [e["name"] for e in datalist["training"]] == ["case0005"]
     assert (out / "test_vol_h5" / "case0001.npy.h5").is_file()
     assert len(list((out / "train_npz").glob("case0005_slice*.npz"))) == ct.GetSize()[2]
-    assert (out / "lists_Synapse" / "train.txt").read_text().split()[0] == "case0005_slice000"
+    assert (out / "lists_Synapse" / "train.txt").read_text(encoding="utf-8").split()[0] == "case0005_slice000"
 
 
 @pytest.mark.parametrize("task,organ,labels", [
@@ -182,7 +182,8 @@ def test_decathlon_task_labels_only_its_organ_with_lesions_inside(crop, tmp_path
     out = tmp_path / "out"
     convert_layout("msd", root, out)
     np.testing.assert_array_equal(_converted(out, f"{stem}_3"), _expected(seg, (organ,)))
-    assert json.loads((out / "datalist.json").read_text())["training"][0]["labeled"] == [ORGAN_NAMES[organ - 1]]
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
+    assert datalist["training"][0]["labeled"] == [ORGAN_NAMES[organ - 1]]
 
 
 def test_decathlon_task_without_one_of_our_organs_is_refused(tmp_path):
@@ -215,7 +216,7 @@ def test_kits_kidney_split_at_the_midline_in_physical_space(crop, tmp_path):
     assert written.GetSize() == tuple(reversed(ct.GetSize()))  # on the KiTS file's own grid
     back = sitk.GetArrayFromImage(sitk.PermuteAxes(written, order))
     np.testing.assert_array_equal(back, _expected(seg, (3, 4)))
-    datalist = json.loads((out / "datalist.json").read_text())
+    datalist = json.loads((out / "datalist.json").read_text(encoding="utf-8"))
     assert [e["name"] for e in datalist["training"]] == ["case_00042"]
     assert datalist["training"][0]["labeled"] == ["kidney_left", "kidney_right"]
 

@@ -133,8 +133,8 @@ def test_datalist_entries_expand_to_cases_with_their_labelled_organs(shared_data
     entry = {"datalist": str(tmp_path / "datalist.json"), "split": "training", "slices": [0.0, 0.5]}
     other = {"image": "a.nii.gz", "label": "b.nii.gz"}
     assert expand_entries([entry, other]) == [
-        {"name": "liver_3", "image": str(ts / "example_ct_sm.nii.gz"), "label": str(tmp_path / "labels" / "liver_3.nii.gz"),
-         "remap": "identity", "labeled": ["liver"], "slices": [0.0, 0.5]}, other]
+        {"name": "liver_3", "image": str(ts / "example_ct_sm.nii.gz"),
+         "label": str(tmp_path / "labels" / "liver_3.nii.gz"), "remap": "identity", "labeled": ["liver"], "slices": [0.0, 0.5]}, other]
     with pytest.raises(ValueError, match=r"has no 'validation' cases \(it has: training\)"):
         expand_entries([dict(entry, split="validation")])
     assert parse_labeled(["liver", "spleen"]) == (5, 7) and parse_labeled([3, "4"]) == (3, 4)
@@ -198,9 +198,9 @@ def test_mixed_liver_only_and_fully_labelled_run_trains(tmp_path, shared_data):
     trainer.run()
     after = trainer.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
-    log = (tmp_path / "run" / "train_log.csv").read_text().splitlines()
+    log = (tmp_path / "run" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert len(log) == 3 and all(np.isfinite(float(v)) for v in log[-1].split(",")[3:5])
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
     assert list(summary["validation"]["cases"]["liver_only_val"]) == ["liver"]  # scored on what it labels
 
     # Distillation on the same mixed data: the teacher fills in the liver-only case's other organs.
@@ -209,7 +209,7 @@ def test_mixed_liver_only_and_fully_labelled_run_trains(tmp_path, shared_data):
                               "region_affinity_kd": {"weight": 0.5}})
     distiller = Trainer(student, distill=True)
     distiller.run()
-    header, last = (tmp_path / "student" / "train_log.csv").read_text().splitlines()[::2]
+    header, last = (tmp_path / "student" / "train_log.csv").read_text(encoding="utf-8").splitlines()[::2]
     assert "partial_pixel_kd" in header and "region_affinity_kd" in header
     assert all(np.isfinite(float(v)) for v in last.split(",")[3:-1])
 

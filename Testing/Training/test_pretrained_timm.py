@@ -114,7 +114,8 @@ def test_wrong_files_name_what_differs(arrays, tmp_path):
         load_pretrained(teacher(), tmp_path / "large.safetensors")
     no_resnet = {k: v for k, v in arrays.items() if not k.startswith(("conv_root", "gn_root", "block"))}
     np.savez(tmp_path / "ViT-B_16.npz", **no_resnet)  # the pure ViT file, no R50 backbone
-    with pytest.raises(ValueError, match=r"ViT-B_16.npz is not the R50\+ViT-B_16 ImageNet-21k file.*'conv_root/kernel'"):
+    with pytest.raises(ValueError, match=r"ViT-B_16.npz is not the R50\+ViT-B_16 ImageNet-21k file.*"
+                                         r"'conv_root/kernel'"):
         load_pretrained(teacher(), tmp_path / "ViT-B_16.npz")
     (tmp_path / "weights.ckpt").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"unknown file type '.ckpt'"):
@@ -138,7 +139,7 @@ def test_a_wrong_pretrained_file_stops_training_before_any_step(arrays, tmp_path
               "data": {"train": [{"image": str(ts / "example_ct_sm.nii.gz"), "label": str(ts / "example_seg.nii.gz"),
                                   "remap": "totalsegmentator"}], "batch_size": 2},
               "train": {"max_steps": 2}, "output": str(tmp_path / "run")}
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     assert kdseg_train(["train", str(tmp_path / "run.yaml")]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors: not timm vit_base_r50_s16_224 weights" in err and "blocks.1.mlp.fc2.bias" in err

@@ -57,18 +57,18 @@ def test_export_for_publishing_then_download_and_verify(tmp_path, shared_data, s
         ["model.onnx", "registry.json", "SHA256SUMS", f"{MODEL_ID}.md", f"{MODEL_ID}.registry-entry.json"])
     onnx = (release / "model.onnx").read_bytes()
     digest = hashlib.sha256(onnx).hexdigest()
-    assert (release / "SHA256SUMS").read_text() == f"{digest}  model.onnx\n"
-    entry = json.loads((release / f"{MODEL_ID}.registry-entry.json").read_text())
+    assert (release / "SHA256SUMS").read_text(encoding="utf-8") == f"{digest}  model.onnx\n"
+    entry = json.loads((release / f"{MODEL_ID}.registry-entry.json").read_text(encoding="utf-8"))
     assert entry["urls"] == [url] and entry["sha256"] == digest and entry["size_bytes"] == len(onnx)
     assert entry["training"]["data"]["licences"] == [licence] and entry["license"] == "Apache-2.0"
-    card_text = (release / f"{MODEL_ID}.md").read_text()
+    card_text = (release / f"{MODEL_ID}.md").read_text(encoding="utf-8")
     for expected in (digest, url, licence, f"{len(onnx):,} bytes", "| liver |", "tests only"):
         assert expected in card_text
 
     # A maintainer adds the one entry to a registry; users' kdseg fetches the file from the URL.
     maintainer = tmp_path / "maintainer"
     maintainer.mkdir()
-    version = json.loads((release / "registry.json").read_text())["schema_version"]
+    version = json.loads((release / "registry.json").read_text(encoding="utf-8"))["schema_version"]
     (maintainer / "registry.json").write_text(json.dumps({"schema_version": version, "default_model_id": MODEL_ID,
                                                           "models": [entry]}))
     (root / "models").mkdir()

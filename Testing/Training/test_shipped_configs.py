@@ -55,7 +55,7 @@ def small_data(shared_data, tmp_path_factory):
             mask = sitk.GetImageFromArray((seg == ts_id).astype(np.uint8))
             mask.CopyInformation(ct)
             sitk.WriteImage(mask, str(dataset / case / "segmentations" / f"{name}.nii.gz"))
-    (dataset / "meta.csv").write_text("image_id;split\ns0001;train\ns0002;val\n")
+    (dataset / "meta.csv").write_text("image_id;split\ns0001;train\ns0002;val\n", encoding="utf-8")
     datalist = convert_layout("totalsegmentator", dataset, root / "converted")
     return {"synapse": root / "Synapse", "datalist": datalist, "ts": ts}
 
@@ -114,7 +114,7 @@ def test_every_runnable_config_trains_two_steps(small_data, tmp_path, monkeypatc
         trainer = Trainer(cfg, distill=distill)
         final = trainer.run()
         assert (final / "model.safetensors").is_file(), name
-        rows = (tmp_path / name / "train_log.csv").read_text().splitlines()
+        rows = (tmp_path / name / "train_log.csv").read_text(encoding="utf-8").splitlines()
         assert len(rows) == 3 and all(np.isfinite(float(v)) for v in rows[-1].split(",")[3:-1]), name
         if config["model"]["name"] == "teacher-r50-b16":
             teachers.setdefault(config["model"].get("pixel_spacing_mm"), tmp_path / name)

@@ -82,7 +82,8 @@ def render_model_card(card: ModelCard) -> str:
              f"seed {recipe.get('seed')}, optimiser {recipe.get('optim')}, loss {recipe.get('loss')}"
              + (f", distillation {recipe.get('distill')}" if recipe.get("distill") else "") + ".",
              "", "Compute: " + (", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in compute.items()) or "not recorded") + f"; {training.get('framework')}.",
+                                          for k, v in compute.items()) or "not recorded")
+             + f"; {training.get('framework')}.",
              "", "## Evaluation", ""] + _metrics_lines(card.metrics or {}) + [
              "", "## Use", "",
              "```", f"kdseg --registry registry.json segment ct.nii.gz -o seg.nii.gz --model {card.id}",

@@ -99,7 +99,8 @@ def timm_to_transunet(model: TransUNet, state: Mapping[str, torch.Tensor]) -> Di
     qkv = []
     for layer in range(cfg.depth):
         src, dst = f"blocks.{layer}.", f"transformer.layers.{layer}."
-        plan.update({f"{src}norm1.weight": f"{dst}attention_norm.weight", f"{src}norm1.bias": f"{dst}attention_norm.bias",
+        plan.update({f"{src}norm1.weight": f"{dst}attention_norm.weight",
+                     f"{src}norm1.bias": f"{dst}attention_norm.bias",
                      f"{src}norm2.weight": f"{dst}ffn_norm.weight", f"{src}norm2.bias": f"{dst}ffn_norm.bias",
                      f"{src}attn.proj.weight": f"{dst}attn.out.weight", f"{src}attn.proj.bias": f"{dst}attn.out.bias",
                      f"{src}mlp.fc1.weight": f"{dst}ffn.fc1.weight", f"{src}mlp.fc1.bias": f"{dst}ffn.fc1.bias",
@@ -124,7 +125,8 @@ def timm_to_transunet(model: TransUNet, state: Mapping[str, torch.Tensor]) -> Di
         kind = key.rsplit(".", 1)[1]
         tensor = state[key]
         if tensor.shape[0] != 3 * d:
-            raise UsageError(f"{key}: shape {tuple(tensor.shape)}, the model needs ({3 * d}{', ' + str(d) if kind == 'weight' else ''})")
+            needs = (3 * d, d) if kind == "weight" else (3 * d,)
+            raise UsageError(f"{key}: shape {tuple(tensor.shape)}, the model needs {needs}")
         for name, part in zip(("query", "key", "value"), tensor.chunk(3, dim=0)):
             out[f"{prefix}{name}.{kind}"] = part
     out["embeddings.position_embeddings"] = _resize_positions(state["pos_embed"].float().numpy(),

@@ -1,4 +1,6 @@
-"""Medical Segmentation Decathlon CT tasks that label one of our organs (Antonelli et al., Nat. Commun. 2022; CC BY-SA 4.0).
+"""Medical Segmentation Decathlon CT tasks that label one of our organs.
+
+Antonelli et al., Nature Communications 2022; CC BY-SA 4.0.
 
 As downloaded (``Task03_Liver/``, ``Task07_Pancreas/``, ``Task09_Spleen/``)::
 
