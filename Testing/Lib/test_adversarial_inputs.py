@@ -557,7 +557,8 @@ def test_ctrl_c_while_reading_stops_at_once(capsys, tmp_path, ct_crop, monkeypat
     writes) must not hold back Ctrl-C: exit 130, one line, nothing written."""
     import KDSegmentationLib.imaging.image_files as image_files
 
-    source = _write(ct_crop, tmp_path / "ct.nii.gz")
+    # Uncompressed: a plain .nii.gz is decoded by imaging/nifti_gzip, not sitk.ReadImage.
+    source = _write(ct_crop, tmp_path / "ct.nii", compress=False)
     stall = _fifo(tmp_path / "stall")
     real_read = image_files.sitk.ReadImage
     monkeypatch.setattr(image_files.sitk, "ReadImage", lambda path, *a: real_read(str(stall)))
@@ -569,7 +570,7 @@ def test_ctrl_c_while_reading_stops_at_once(capsys, tmp_path, ct_crop, monkeypat
         timer.cancel()
         _release_abandoned_reader(stall)
     _assert_refused(code, stderr, EXIT_CANCELLED, "interrupted (Ctrl-C)")
-    assert _listing(tmp_path) == ["ct.nii.gz", "stall"]
+    assert _listing(tmp_path) == ["ct.nii", "stall"]
 
 
 def _release_abandoned_reader(fifo: Path, timeout: float = 30.0) -> None:
