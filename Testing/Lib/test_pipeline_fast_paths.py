@@ -223,3 +223,33 @@ def test_label_extents_rejects_bad_input():
     extents.include_box(3, (1, 1, 1), (2, 3, 5))
     assert extents.box(3) == (slice(0, 4), slice(0, 5), slice(0, 6))
     assert extents.box(3, margin=0) == (slice(1, 3), slice(1, 4), slice(1, 6))
+
+
+def _old_largest_component_filled(mask):
+    """The clean-up as first written: numpy component sizes, ITK's BinaryFillhole."""
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
+    ids = sitk.GetArrayFromImage(components)
+    sizes = np.bincount(ids.ravel())
+    sizes[0] = 0
+    largest = sitk.GetImageFromArray((ids == sizes.argmax()).view(np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest, fullyConnected=False)).astype(bool)
+
+
+def test_itk_only_clean_up_equals_bincount_and_binary_fillhole_on_real_organs(shared_data):
+    from KDSegmentationLib.inference.postprocessing import _largest_component_filled
+
+    raw = sitk.GetArrayFromImage(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz")))
+    for organ in (5, 1, 2, 3, 6, 52):
+        mask = raw == organ
+        mask[0:2, 0:3, 0:3] = True             # an island at the volume corner
+        mask[mask.shape[0] // 2, 50, 50] = False  # a hole candidate
+        np.testing.assert_array_equal(_largest_component_filled(mask), _old_largest_component_filled(mask),
+                                      err_msg=str(organ))
+    equal = np.zeros((5, 20, 20), bool)  # two components of the same size: the first in raster order wins
+    equal[2, 2:4, 2:4] = equal[2, 10:12, 10:12] = True
+    np.testing.assert_array_equal(_largest_component_filled(equal), _old_largest_component_filled(equal))
+    ring = np.zeros((3, 9, 9), bool)  # a hole open to the array face through the z faces is not a hole
+    ring[:, 2:7, 2:7] = True
+    ring[:, 4, 4] = False
+    np.testing.assert_array_equal(_largest_component_filled(ring), _old_largest_component_filled(ring))
