@@ -216,7 +216,7 @@ def _classify_physical(hu_slices: np.ndarray, segmenter: Segmenter, spacing_yx: 
     grid = model_grid(card)
     count, height, width = hu_slices.shape
     start = time.perf_counter()
-    # Blur + sampling as two matrix products (to_model_fast): equal to training's to_model up to float rounding.
+    # Blur + sampling as one banded operator per axis (to_model_fast): equal to training's to_model up to float rounding.
     batch = grid.to_model_fast(window_to_unit(hu_slices, card.input.hu_window), spacing_yx)[:, None]
     preprocessed = time.perf_counter()
     logits = segmenter.engine.run(batch)
