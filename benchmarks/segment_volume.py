@@ -331,6 +331,9 @@ def main() -> int:
         figures["baseline_over_current_wall"] = baseline["wall_to_file_s"] / student["wall_to_file_s"]
         print(f"\nbaseline / current: wall to file {figures['baseline_over_current_wall']:.2f}x; label maps "
               f"{'identical' if baseline['labels_identical'] else 'DIFFER'}")
+        if registry_path is None:
+            print("  (each tree used its own bundled registry: if the bundled model changed in between, pass the "
+                  "older tree's Resources/Models/registry.json with --registry to compare the same model)")
     if teacher is not None:
         figures["teacher"] = report("teacher teacher-r50-b16 (untrained export, same card)", teacher, args.slices,
                                     macs_per_slice("teacher-r50-b16", img_size), peak)
