@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -334,5 +335,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.setLevel(previous_level)
 
 
+def run() -> None:
+    """Console entry point of ``kdseg``: :func:`main`, then an exit that a late Ctrl-C cannot crash.
+
+    Ctrl-C abandons a read or a model load on a daemon thread (``interruptible_call``,
+    the model-load thread) that may still be inside ITK or ONNX Runtime; finalising the
+    interpreter under such a thread, or after a native module's import was interrupted,
+    crashes the process (SIGSEGV/SIGABRT) instead of exiting with 130, so a cancelled run
+    leaves without finalisation, after flushing.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C between main()'s own handlers
+        print("error: interrupted (Ctrl-C); no output was written.", file=sys.stderr)
+        code = EXIT_CANCELLED
+    # The command has finished (or was cancelled): a Ctrl-C from now on must not change its exit code.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code == EXIT_CANCELLED or any(
+            thread.is_alive() for thread in threading.enumerate() if thread is not threading.main_thread()):
+        # Interrupted imports of native modules or ITK/ONNX Runtime threads of their own make
+        # finalisation unsafe too; everything the command writes is already closed (atomic writes).
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
