@@ -562,12 +562,16 @@ def test_ctrl_c_while_reading_stops_at_once(capsys, tmp_path, ct_crop, monkeypat
     stall = _fifo(tmp_path / "stall")
     real_read = image_files.sitk.ReadImage
     monkeypatch.setattr(image_files.sitk, "ReadImage", lambda path, *a: real_read(str(stall)))
+    # A process started in the background of a non-interactive shell inherits SIGINT ignored, and
+    # Python then keeps it ignored: install Python's own handler so that the test does not hang there.
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         code, stdout, stderr = _run(capsys, "segment", source, "-o", tmp_path / "seg.nii.gz", "--no-progress")
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous_handler)
         _release_abandoned_reader(stall)
     _assert_refused(code, stderr, EXIT_CANCELLED, "interrupted (Ctrl-C)")
     assert _listing(tmp_path) == ["ct.nii", "stall"]
