@@ -176,7 +176,36 @@ class _BackgroundLoad:
         self._thread.join()
 
 
+class _CtrlCHeldOff:
+    """Ignores Ctrl-C from :meth:`hold` until :meth:`release` (main thread only).
+
+    Held while the result is committed (label map, volumes JSON, summary: well under a
+    second): an interrupt there would leave a complete output behind a message saying
+    that none was written.
+    """
+
+    def __init__(self) -> None:
+        self._previous = None
+
+    def hold(self) -> None:
+        if self._previous is None and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def release(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
+    committing = _CtrlCHeldOff()
+    try:
+        return _segment(args, committing)
+    finally:
+        committing.release()
+
+
+def _segment(args: argparse.Namespace, committing: _CtrlCHeldOff) -> int:
     from .imaging.image_files import check_output_path, read_image, write_image_atomic
     from .imaging.input_geometry import check_image_geometry, check_output_can_store
     from .imaging.intensity_checks import reject_unusable_values
@@ -229,6 +258,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         timings.update(result.timings)
         del image
 
+        committing.hold()
         start = time.perf_counter()
         write_image_atomic(result.labels, args.output)
         timings["write"] = time.perf_counter() - start

@@ -40,8 +40,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for key, value in headers:
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        # Counted before writing: the client may have read everything and the test checked the
+        # count before this thread ran again.
         _Handler.sent[self.path] = _Handler.sent.get(self.path, 0) + len(data)
+        self.wfile.write(data)
 
     def _serve(self, honour_range=True, first_byte_shift=0):
         rng = self.headers.get("Range")
