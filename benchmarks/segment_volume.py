@@ -3,6 +3,7 @@
     python benchmarks/segment_volume.py [--registry REG] [--model ID] [--onnx FILE]
                                         [--slices 150] [--batch-size N] [--threads N]
                                         [--no-teacher] [--baseline-src DIR] [--json FILE]
+                                        [--busy 2] [--policy-repeats 2] [--no-policy] [--no-sweep]
 
 The CT is the real example CT (../shared/data) resampled to 512 x 512 x N (int16 HU,
 .nii.gz), the size of a typical abdominal CT. The segmentation runs as a separate
@@ -22,6 +23,13 @@ meaningless, its timing is what a trained teacher costs) with the same card.
 Because wall time on a shared machine stretches with the load, the same split is also
 given in CPU seconds: the child's user + system time (all threads) against the CPU time
 ONNX Runtime alone spends on the same number of slices in this process.
+
+Thread spinning (``kdseg segment --thread-spinning off|on|auto``): in two machine states,
+as found (idle, when nothing else runs) and with ``--busy`` CPU-bound processes started
+by the script, each policy runs as its own ``kdseg`` process (interleaved repeats), next
+to ONNX Runtime sessions with sleeping threads, threads spinning during a run only, and
+threads that keep spinning between runs (ONNX Runtime's default), on batches of 8 slices.
+Each state prints the load ``auto`` measures and the choice it made.
 
 ``--baseline-src DIR`` also runs ``kdseg`` from another source tree (for example a
 ``git worktree`` of an older commit) on the same CT, for a before/after comparison.
@@ -128,28 +136,37 @@ def macs_per_slice(architecture: str, img_size: int) -> Optional[float]:
         return None
 
 
-def session_sweep(onnx: Path, img_size: int, threads: Optional[int], batches=(1, 4, 8, 16), repeats: int = 3
-                  ) -> Dict[str, Dict[int, float]]:
-    """Median ms per slice of the same model under ONNX Runtime session variants, repeats interleaved.
+def session_variants(onnx: Path, threads: Optional[int]) -> Dict[str, object]:
+    """The same model under ONNX Runtime session variants (thread spinning, graph optimisation level).
 
-    Variants: the pipeline's own options (``_session_options``: ORT_ENABLE_ALL, idle threads
-    sleep), the same with spinning threads, and ORT_ENABLE_EXTENDED (no NCHWc layout
-    transformer, so no Reorder nodes around GroupNorm).
+    Variants: the pipeline's sleeping threads (``_session_options``, ORT_ENABLE_ALL), threads
+    spinning during a run only (what ``--thread-spinning on``/auto on a free machine use),
+    threads that keep spinning after a run (ONNX Runtime's own default), and
+    ORT_ENABLE_EXTENDED (no NCHWc layout transformer, so no Reorder nodes around GroupNorm).
     """
     import onnxruntime as ort
     from KDSegmentationLib.inference.onnx_engine import _session_options
 
-    def variant(spinning: bool = False, level=None):
-        options = _session_options(threads)
-        if spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    ort.set_default_logger_severity(3)  # overwriting a config entry below logs a warning
+
+    def variant(spinning: bool = False, keep_spinning: bool = False, level=None):
+        options = _session_options(threads, spinning=spinning)
+        if keep_spinning:
+            options.add_session_config_entry("session.force_spinning_stop", "0")
         if level is not None:
             options.graph_optimization_level = level
         return ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
 
-    sessions = {"pipeline (sleeping threads)": variant(),
-                "spinning threads": variant(spinning=True),
-                "ORT_ENABLE_EXTENDED": variant(level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)}
+    return {"sleeping threads (off)": variant(),
+            "spinning during a run (on)": variant(spinning=True),
+            "spinning, also between runs": variant(spinning=True, keep_spinning=True),
+            "ORT_ENABLE_EXTENDED, sleeping": variant(level=ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)}
+
+
+def session_sweep(onnx: Path, img_size: int, threads: Optional[int], batches=(1, 4, 8, 16), repeats: int = 3
+                  ) -> Dict[str, Dict[int, float]]:
+    """Median ms per slice of each :func:`session_variants` session per batch size, repeats interleaved."""
+    sessions = session_variants(onnx, threads)
     rng = np.random.default_rng(0)
     inputs = {b: rng.random((b, 1, img_size, img_size), dtype=np.float32) for b in batches}
     times: Dict[str, Dict[int, list]] = {name: {b: [] for b in batches} for name in sessions}
@@ -163,6 +180,90 @@ def session_sweep(onnx: Path, img_size: int, threads: Optional[int], batches=(1,
                 session.run(None, {"image": inputs[b]})
                 times[name][b].append((time.perf_counter() - start) / b)
     return {name: {b: 1e3 * float(np.median(v)) for b, v in per.items()} for name, per in times.items()}
+
+
+class BusyProcesses:
+    """``count`` CPU-bound processes (a pure-Python loop each) while the ``with`` block runs."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self._children = count, []
+
+    def __enter__(self) -> "BusyProcesses":
+        self._children = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.count)]
+        time.sleep(1.0)  # let them reach the scheduler's steady state
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for child in self._children:
+            child.kill()
+        for child in self._children:
+            child.wait()
+
+
+def machine_state() -> Dict[str, object]:
+    """The load as kdseg's "auto" policy measures it, and the 1-minute load average."""
+    from KDSegmentationLib.inference.thread_spinning import measure_other_load
+
+    reading = measure_other_load(0.5)
+    return {"busy_cores_other": None if reading is None else reading.busy_cores,
+            "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def thread_policy_comparison(source: Path, directory: Path, registry: Optional[Path], model_id: Optional[str],
+                             onnx: Path, img_size: int, batch_size: Optional[int], threads: Optional[int],
+                             busy: int, repeats: int) -> Dict[str, object]:
+    """``kdseg segment --thread-spinning off|on|auto`` and the session variants, on an idle and a busy machine.
+
+    In each machine state (as found, then with ``busy`` CPU-bound processes started here)
+    the three policies run as separate ``kdseg`` processes, interleaved ``repeats`` times,
+    and the session variants time batches of 8 slices, interleaved too.
+    """
+    states: Dict[str, object] = {}
+    batch = np.random.default_rng(0).random((8, 1, img_size, img_size), dtype=np.float32)
+    for state, count in (("as found", 0), (f"{busy} CPU-bound processes", busy)):
+        with BusyProcesses(count):
+            before = machine_state()
+            runs: Dict[str, list] = {policy: [] for policy in ("off", "on", "auto")}
+            for _ in range(repeats):
+                for policy in runs:
+                    runs[policy].append(run_kdseg(source, directory / f"policy-{policy}.nii.gz", registry, model_id,
+                                                  batch_size, threads, spinning=policy))
+            sessions = session_variants(onnx, threads)
+            per_slice: Dict[str, list] = {name: [] for name in sessions}
+            for session in sessions.values():
+                session.run(None, {"image": batch})
+            for _ in range(max(repeats, 3)):
+                for name, session in sessions.items():
+                    start = time.perf_counter()
+                    session.run(None, {"image": batch})
+                    per_slice[name].append((time.perf_counter() - start) / len(batch))
+            after = machine_state()
+        states[state] = {
+            "load_before": before, "load_after": after,
+            "kdseg": {policy: {"wall_to_file_s": float(np.median([r["wall_to_file_s"] for r in rs])),
+                               "infer_s": float(np.median([r["stages_s"]["infer"] for r in rs])),
+                               "cpu_s": float(np.median([r["cpu_s"] for r in rs])),
+                               "auto_chose": sorted({str(r["thread_spinning"].get("spinning")) for r in rs}),
+                               "reason": rs[-1]["thread_spinning"].get("reason")} for policy, rs in runs.items()},
+            "batch8_ms_per_slice": {name: 1e3 * float(np.median(v)) for name, v in per_slice.items()}}
+    return states
+
+
+def print_thread_policy(states: Dict[str, object], img_size: int) -> None:
+    print("\nThread spinning policy, side by side (kdseg processes and batch-8 sessions interleaved per state):")
+    for state, figures in states.items():
+        before, after = figures["load_before"], figures["load_after"]
+        print(f"  machine {state}: other processes' busy cores {before['busy_cores_other']:.2f} before / "
+              f"{after['busy_cores_other']:.2f} after, 1-min load average {before['loadavg_1min']:.2f} / "
+              f"{after['loadavg_1min']:.2f}")
+        print(f"    {'kdseg --thread-spinning':<30}{'wall to file':>14}{'infer':>9}{'CPU s':>8}  spinning")
+        for policy, run in figures["kdseg"].items():
+            print(f"    {policy:<30}{run['wall_to_file_s']:>12.2f} s{run['infer_s']:>7.2f} s{run['cpu_s']:>8.2f}  "
+                  f"{'/'.join(run['auto_chose'])}")
+        print(f"      (auto: {figures['kdseg']['auto']['reason']})")
+        print(f"    {'session variant':<30}{'ms per ' + str(img_size) + 'x' + str(img_size) + ' slice, batch 8':>30}")
+        for name, ms in figures["batch8_ms_per_slice"].items():
+            print(f"    {name:<30}{ms:>12.2f}")
 
 
 def network_cpu_seconds(onnx: Path, img_size: int, slices: int, batch_size: int, threads: Optional[int]) -> float:
@@ -192,11 +293,13 @@ def export_untrained_teacher(img_size: int, directory: Path) -> Path:
 
 
 def run_kdseg(source: Path, output: Path, registry: Optional[Path], model: Optional[str], batch_size: Optional[int],
-              threads: Optional[int], source_tree: Optional[Path] = None) -> Dict[str, object]:
+              threads: Optional[int], source_tree: Optional[Path] = None, spinning: Optional[str] = None
+              ) -> Dict[str, object]:
     """One ``kdseg segment`` process: stage times, wall time to the written file, peak RSS.
 
     Args:
         source_tree: run the ``KDSegmentationLib`` of this repository checkout instead of this one's.
+        spinning: ``--thread-spinning`` (None: kdseg's default; older trees lack the option).
     """
     volumes_json = output.with_suffix(".json")
     command = [sys.executable, "-m", "KDSegmentationLib.cli"]
@@ -210,6 +313,8 @@ def run_kdseg(source: Path, output: Path, registry: Optional[Path], model: Optio
         command += ["--batch-size", str(batch_size)]
     if threads:
         command += ["--threads", str(threads)]
+    if spinning:
+        command += ["--thread-spinning", spinning]
     log = output.with_suffix(".log")
     with open(log, "w", encoding="utf-8") as handle:
         started = time.time()
@@ -223,10 +328,12 @@ def run_kdseg(source: Path, output: Path, registry: Optional[Path], model: Optio
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"kdseg failed (exit {code}): {log.read_text(encoding='utf-8').strip()}")
-    timings = json.loads(volumes_json.read_text(encoding="utf-8"))["timings_s"]
+    written = json.loads(volumes_json.read_text(encoding="utf-8"))
+    timings = written["timings_s"]
     to_file = output.stat().st_mtime - started
     stages = {"start-up, imports, checks": max(to_file - sum(timings.values()), 0.0), **timings}
     return {"stages_s": stages, "wall_to_file_s": to_file, "process_s": exited - started,
+            "thread_spinning": written.get("thread_spinning") or {},
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "peak_rss_mb": usage.ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)}
 
@@ -268,6 +375,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="kdseg --threads and the peak measurement (default: ORT's)")
     parser.add_argument("--no-teacher", action="store_true", help="skip the teacher comparison")
     parser.add_argument("--no-sweep", action="store_true", help="skip the session options / batch size sweep")
+    parser.add_argument("--busy", type=int, default=2,
+                        help="CPU-bound processes started for the busy-machine half of the thread-spinning comparison")
+    parser.add_argument("--policy-repeats", type=int, default=2,
+                        help="interleaved repeats of each --thread-spinning policy per machine state")
+    parser.add_argument("--no-policy", action="store_true", help="skip the thread-spinning comparison")
     parser.add_argument("--baseline-src", type=Path, help="also run kdseg from this source tree (before/after)")
     parser.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="n of the n^3 peak MatMul")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -316,6 +428,10 @@ def main() -> int:
         sweep = None
         if not args.no_sweep:
             sweep = session_sweep(onnx_path, img_size, args.threads)
+        policy = None
+        if not args.no_policy:
+            policy = thread_policy_comparison(source, tmp_dir, registry_path, model_id, onnx_path, img_size,
+                                              args.batch_size, args.threads, args.busy, args.policy_repeats)
 
     peak = max(peaks["mlas"])
     print(f"\nfp32 peak ({args.peak_size}^3 MatMul, best before/after the runs): ONNX Runtime MLAS "
@@ -348,6 +464,9 @@ def main() -> int:
         print(f"  {'variant':<28}" + "".join(f"{f'batch {b}':>10}" for b in batches))
         for name, per in sweep.items():
             print(f"  {name:<28}" + "".join(f"{per[b]:>10.2f}" for b in batches))
+    if policy is not None:
+        figures["thread_spinning"] = policy
+        print_thread_policy(policy, img_size)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
         print(f"figures written to {args.json}")

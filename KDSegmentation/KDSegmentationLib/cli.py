@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated structures to keep, e.g. liver,spleen (default: all)")
     seg.add_argument("--batch-size", type=_positive_int, default=8, help="slices per inference call (default 8)")
     seg.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for inference")
+    seg.add_argument("--thread-spinning", choices=("auto", "on", "off"), default="auto",
+                     help="CPU inference threads busy-wait during a run instead of sleeping: auto = only when no "
+                          "other work keeps the cores busy, measured at start (default auto)")
     seg.add_argument("--no-postprocess", action="store_true",
                      help="skip largest-component selection and hole filling")
     seg.add_argument("--volumes-json", type=Path, default=None,
@@ -239,7 +242,7 @@ def _segment(args: argparse.Namespace, committing: _CtrlCHeldOff) -> int:
     # is mostly one core decompressing, so the other core is free for it.
     loading = _BackgroundLoad(lambda cancel: Segmenter.from_registry(
         card.id, device=args.device, threads=threads, registry=registry, progress=progress, cancel=cancel,
-        read_timeout=args.timeout))
+        read_timeout=args.timeout, spinning=args.thread_spinning))
     try:
         start = time.perf_counter()
         image = read_image(source, args.series)
@@ -268,6 +271,8 @@ def _segment(args: argparse.Namespace, committing: _CtrlCHeldOff) -> int:
     if args.volumes_json is not None:
         _write_json_atomic({"model": result.model_id, "device": result.device, "input": str(source),
                             "output": str(args.output), "volumes_ml": result.volumes_ml, "timings_s": timings,
+                            "thread_spinning": {"spinning": getattr(segmenter.engine, "spinning", None),
+                                                "reason": getattr(segmenter.engine, "spinning_reason", None)},
                             "warnings": ([threads_warning] if threads_warning else []) + result.warnings},
                            args.volumes_json)
     print(f"Segmented {source} with {result.model_id} on {result.device.upper()} -> {args.output}")

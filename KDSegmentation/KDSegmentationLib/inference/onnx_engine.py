@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DeviceError, WeightsError
+from .thread_spinning import SPINNING_POLICIES, SpinningChoice, choose_spinning
 
 __all__ = ["DEVICES", "CUDA_PROVIDER", "CPU_PROVIDER", "InferenceEngine", "probe_cuda", "select_device",
            "CudaProbe"]
@@ -35,7 +36,15 @@ _DEVICE_FIX = ("Install the onnxruntime-gpu build matching your CUDA version and
                "or use --device cpu.")
 
 
-def _session_options(threads: Optional[int], quiet: bool = False):
+def _session_options(threads: Optional[int], quiet: bool = False, spinning: bool = False):
+    """ONNX Runtime options of every session the engine opens.
+
+    Args:
+        threads: intra-op threads (None: ONNX Runtime's default, one per core).
+        quiet: no ONNX Runtime log output (the CUDA probe reports in one line).
+        spinning: intra-op threads busy-wait while a run is in progress instead of sleeping,
+            and stop spinning when it returns (``inference.thread_spinning`` decides).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,11 +52,12 @@ def _session_options(threads: Optional[int], quiet: bool = False):
     if threads:
         options.intra_op_num_threads = int(threads)
     options.inter_op_num_threads = 1  # one graph, run node after node: no second pool
-    # Idle intra-op threads sleep instead of spinning. The CPU is shared with the pipeline's
-    # own pre/post-processing between runs, Slicer's GUI thread and other programs; with
-    # spinning, a 2-core machine under load ran the same segmentation 1.4-4x slower (spinning
-    # and sleeping sessions interleaved; benchmarks/segment_volume.py prints both per batch).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Sleeping idle threads by default: a spinning thread burns the time slice other
+    # processes (and Slicer's GUI thread) need, which ran a loaded 2-core machine's
+    # segmentation 1.4-4x slower. Where spinning is allowed, it ends with each run, so
+    # the pipeline's own work between batches never competes with spinning threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if quiet:
         # The probe reports why CUDA is unusable in one line; ONNX Runtime's own
         # provider-loading errors would only repeat it on stderr.
@@ -146,6 +156,11 @@ class InferenceEngine:
             "cpu" or "cuda" (fails with :class:`DeviceError` when CUDA does not work).
         threads: CPU threads for one inference (``intra_op_num_threads``; None: ONNX
             Runtime's default, one per core).
+        spinning: "auto" (CPU threads spin during a run only when the machine has the
+            cores free, measured now), "on" or "off"; see :mod:`.thread_spinning`.
+            CUDA sessions never spin (their CPU threads mostly wait for the GPU).
+        spinning_choice: the decision function (default
+            :func:`.thread_spinning.choose_spinning`), injectable for tests.
         input_name / output_name: graph tensor names from the model card.
         probe: CUDA check ``probe(model_path, threads) -> (session | None, reason)``,
             injectable for tests; defaults to :func:`probe_cuda`. A session it returns
@@ -154,23 +169,28 @@ class InferenceEngine:
     Attributes:
         device: "cpu" or "cuda".
         device_reason: one line explaining the choice.
+        spinning: whether the session's intra-op threads spin during a run.
+        spinning_reason: one line explaining that choice.
         providers: the session's execution providers, in priority order.
         input_shape: the graph's (channels, height, width); None where dynamic.
 
     Raises:
-        ValueError: unknown ``device`` or ``threads`` < 1.
+        ValueError: unknown ``device`` or ``spinning``, or ``threads`` < 1.
         WeightsError: the file is missing, not a loadable ONNX model, or lacks the named tensors.
         DeviceError: ``device="cuda"`` without a working GPU.
     """
 
     def __init__(self, model_path: Path, device: str = "auto", threads: Optional[int] = None,
                  input_name: str = "image", output_name: str = "logits",
-                 probe: Optional[CudaProbe] = None) -> None:
+                 probe: Optional[CudaProbe] = None, spinning: str = "auto",
+                 spinning_choice: Optional[Callable[[str, Optional[int]], SpinningChoice]] = None) -> None:
         requested = device.strip().lower() if isinstance(device, str) else device
         if requested not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
         if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
             raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+        if spinning not in SPINNING_POLICIES:
+            raise ValueError(f"spinning must be one of {', '.join(SPINNING_POLICIES)}; got {spinning!r}")
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise WeightsError(f"Model file {self.model_path} does not exist.",
@@ -178,6 +198,9 @@ class InferenceEngine:
         self.input_name = input_name
         self.output_name = output_name
 
+        self.spinning, self.spinning_reason = False, "CUDA session: CPU threads sleep"
+        self._spinning_policy = spinning
+        self._spinning_choice = spinning_choice or choose_spinning
         session = None
         cuda_reason = ""
         if requested != "cpu":
@@ -224,8 +247,11 @@ class InferenceEngine:
     def _cpu_session(self, threads: Optional[int]):
         import onnxruntime as ort
 
+        choice = self._spinning_choice(self._spinning_policy, threads)
+        self.spinning, self.spinning_reason = choice.spinning, choice.reason
         try:
-            return ort.InferenceSession(str(self.model_path), sess_options=_session_options(threads),
+            return ort.InferenceSession(str(self.model_path),
+                                        sess_options=_session_options(threads, spinning=choice.spinning),
                                         providers=[CPU_PROVIDER])
         except Exception as exc:  # ORT raises InvalidProtobuf/Fail/... for unreadable graphs
             raise WeightsError(f"Cannot load {self.model_path} as an ONNX model ({_first_line(exc)}).",

@@ -137,7 +137,7 @@ class Segmenter:
     def from_registry(cls, model_id: Optional[str] = None, device: str = "auto", threads: Optional[int] = None,
                       registry: Union[None, str, Path, ModelRegistry] = None, allow_download: bool = True,
                       progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                      read_timeout: Optional[float] = None) -> "Segmenter":
+                      read_timeout: Optional[float] = None, spinning: str = "auto") -> "Segmenter":
         """Look up ``model_id`` (None: the registry's default), obtain verified weights, open an engine.
 
         Args:
@@ -148,6 +148,8 @@ class Segmenter:
             allow_download: fetch weights that are neither bundled nor cached.
             progress, cancel: forwarded to the download.
             read_timeout: seconds to wait for each read of a download (None: its default).
+            spinning: whether CPU inference threads spin during a run: "auto" (when the
+                machine has the cores free, measured at session creation), "on" or "off".
 
         Raises:
             RegistryError / ModelNotFoundError: bad registry or unknown id.
@@ -161,8 +163,9 @@ class Segmenter:
                                cancel=cancel, read_timeout=read_timeout)
         report(progress, Stage.LOADING, 0, None, f"Loading {card.id}")
         engine = InferenceEngine(path, device=device, threads=threads, input_name=card.input.input_name,
-                                 output_name=card.input.output_name)
-        _log.info("Model %s v%s on %s (%s)", card.id, card.version, engine.device, engine.device_reason)
+                                 output_name=card.input.output_name, spinning=spinning)
+        _log.info("Model %s v%s on %s (%s); %s", card.id, card.version, engine.device, engine.device_reason,
+                  engine.spinning_reason)
         return cls(card, engine)
 
 
