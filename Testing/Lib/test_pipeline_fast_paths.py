@@ -52,6 +52,26 @@ class MemoEngine:
         return self.outputs[key]
 
 
+def direct_clean_up(labels, value):
+    """One organ's clean-up the direct way: whole map, component sizes by bincount, ITK's BinaryFillhole.
+
+    The largest 26-connected component (ties: the lowest ITK label, the first in raster
+    order) plus its 6-connected holes; voxels of the organ outside both become background,
+    background inside the holes becomes the organ, other organs are left alone.
+    """
+    mask = labels == value
+    if not mask.any():
+        return labels
+    ids = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True))
+    sizes = np.bincount(ids.ravel())
+    sizes[0] = 0
+    largest = sitk.GetImageFromArray((ids == sizes.argmax()).view(np.uint8))
+    cleaned = sitk.GetArrayFromImage(sitk.BinaryFillhole(largest, fullyConnected=False)).astype(bool)
+    labels[mask & ~cleaned] = 0
+    labels[cleaned & (labels == 0)] = value
+    return labels
+
+
 def reference_segment(image, segmenter, options):
     """The direct way (what the pipeline computed before its fast paths)."""
     card = segmenter.card
@@ -77,7 +97,7 @@ def reference_segment(image, segmenter, options):
     keep_structures(labels, keep)
     if options.postprocess:
         for value in keep:
-            largest_component_and_fill(labels, [value])
+            direct_clean_up(labels, value)
     names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
     volumes = label_volumes_ml(labels, canonical.GetSpacing(), names)
     label_image = sitk.GetImageFromArray(labels)
@@ -225,31 +245,55 @@ def test_label_extents_rejects_bad_input():
     assert extents.box(3, margin=0) == (slice(1, 3), slice(1, 4), slice(1, 6))
 
 
-def _old_largest_component_filled(mask):
-    """The clean-up as first written: numpy component sizes, ITK's BinaryFillhole."""
-    components = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)
-    ids = sitk.GetArrayFromImage(components)
-    sizes = np.bincount(ids.ravel())
-    sizes[0] = 0
-    largest = sitk.GetImageFromArray((ids == sizes.argmax()).view(np.uint8))
-    return sitk.GetArrayFromImage(sitk.BinaryFillhole(largest, fullyConnected=False)).astype(bool)
-
-
-def test_itk_only_clean_up_equals_bincount_and_binary_fillhole_on_real_organs(shared_data):
-    from KDSegmentationLib.inference.postprocessing import _largest_component_filled
-
-    raw = sitk.GetArrayFromImage(sitk.ReadImage(
+def _organs_with_islands_and_holes(shared_data):
+    """The real TotalSegmentator map in Synapse order, with an island at the volume corner, a spleen island,
+    a hole in the liver holding a liver island (26-connected to nothing), and a liver hole holding another organ."""
+    image = to_canonical(sitk.ReadImage(
         str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz")))
-    for organ in (5, 1, 2, 3, 6, 52):
-        mask = raw == organ
-        mask[0:2, 0:3, 0:3] = True             # an island at the volume corner
-        mask[mask.shape[0] // 2, 50, 50] = False  # a hole candidate
-        np.testing.assert_array_equal(_largest_component_filled(mask), _old_largest_component_filled(mask),
-                                      err_msg=str(organ))
-    equal = np.zeros((5, 20, 20), bool)  # two components of the same size: the first in raster order wins
-    equal[2, 2:4, 2:4] = equal[2, 10:12, 10:12] = True
-    np.testing.assert_array_equal(_largest_component_filled(equal), _old_largest_component_filled(equal))
-    ring = np.zeros((3, 9, 9), bool)  # a hole open to the array face through the z faces is not a hole
-    ring[:, 2:7, 2:7] = True
-    ring[:, 4, 4] = False
-    np.testing.assert_array_equal(_largest_component_filled(ring), _old_largest_component_filled(ring))
+    raw = sitk.GetArrayFromImage(image)
+    labels = np.zeros(raw.shape, np.uint8)
+    for synapse, totalseg in enumerate([52, 4, 3, 2, 5, 7, 1, 6], start=1):
+        labels[raw == totalseg] = synapse
+    z, y, x = (int(np.median(a)) for a in np.nonzero(labels == 5))
+    assert (labels[z - 3:z + 4, y - 3:y + 4, x - 3:x + 4] == 5).all()
+    labels[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3] = 0   # a 5x5x5 cavity in the liver ...
+    labels[z, y, x] = 5                                 # ... holding a liver island
+    labels[z - 2, y + 2, x - 2] = 8                      # ... and a stomach voxel
+    labels[0:2, 0:3, 0:3] = 5                            # liver island at the volume corner
+    labels[60, 50:53, 60:63] = 7                         # spleen island
+    return labels
+
+
+@pytest.mark.parametrize("block", [(1, 4, 4), (1, 1, 1), (2, 3, 5)])
+def test_clean_up_equals_the_direct_whole_map_computation_on_real_organs(shared_data, block):
+    """Island search on blocks, voxel work near the organ, holes in the largest component's box: the same map as
+    the direct computation (whole map, bincount, BinaryFillhole), for any block size, with and without boxes."""
+    labels = _organs_with_islands_and_holes(shared_data)
+    expected = labels.copy()
+    for value in range(1, 9):
+        direct_clean_up(expected, value)
+    assert expected[tuple(int(np.median(a)) for a in np.nonzero(labels == 5))] == 5  # the island joined the fill
+    assert (expected != labels).sum() > 100  # islands removed and holes filled: the test exercises both
+    extents = LabelExtents(labels.shape)
+    for value in range(1, 9):
+        z, y, x = np.nonzero(labels == value)
+        extents.include_voxels(np.full(z.shape, value), z, y, x)
+    for boxes in (extents, None):
+        got = largest_component_and_fill(labels.copy(), range(1, 9), boxes, block=block)
+        np.testing.assert_array_equal(got, expected, err_msg=f"block {block}, extents {boxes is not None}")
+
+
+def test_equal_components_the_first_in_raster_order_is_kept():
+    """Ties between block components far apart and between components inside one block component."""
+    for second in ((2, 10, 10), (2, 2, 6), (4, 2, 2)):  # far away; a gap of two voxels; two slices on
+        labels = np.zeros((5, 20, 20), np.uint8)
+        labels[2, 2:4, 2:4] = 4
+        labels[second[0], second[1]:second[1] + 2, second[2]:second[2] + 2] = 4
+        expected = direct_clean_up(labels.copy(), 4)
+        for block in ((1, 4, 4), (1, 1, 1), (2, 8, 8)):
+            np.testing.assert_array_equal(largest_component_and_fill(labels.copy(), [4], block=block), expected)
+        assert (expected[2, 2:4, 2:4] == 4).all() and (expected == 4).sum() == 4
+    ring = np.zeros((3, 9, 9), np.uint8)  # a hole open to the array face through the z faces is not a hole
+    ring[:, 2:7, 2:7] = 1
+    ring[:, 4, 4] = 0
+    np.testing.assert_array_equal(largest_component_and_fill(ring.copy(), [1]), direct_clean_up(ring.copy(), 1))
