@@ -211,9 +211,10 @@ class KDSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         try:
-            for card, offline in self.logic.modelStates():
-                state = _("downloaded") if offline else _("download {size}").format(size=format_bytes(card.size_bytes))
-                self.ui.modelComboBox.addItem(f"{card.title} {card.version} ({state})", card.id)
+            for choice in self.logic.modelChoices():  # the registry's default first: preselected
+                state = (_("downloaded") if choice.offline
+                         else _("download {size}").format(size=format_bytes(choice.size_bytes)))
+                self.ui.modelComboBox.addItem(f"{choice.text} ({state})", choice.model_id)
         except KDSegError as exc:
             self.ui.modelInfoLabel.text = str(exc)
         finally:
@@ -471,12 +472,11 @@ class KDSegmentationLogic(ScriptedLoadableModuleLogic):
             self._registry = load_registry()
         return self._registry
 
-    def modelStates(self):
-        """(card, available offline) for each registered model."""
-        from KDSegmentationLib.weights.resolution import is_available_offline
+    def modelChoices(self):
+        """The model list's entries (``slicer_support.model_choices``): every registered model, default first."""
+        from KDSegmentationLib.slicer_support.model_choices import model_choices
 
-        registry = self.registry()
-        return [(card, is_available_offline(card, registry.directory)) for card in registry.models.values()]
+        return model_choices(self.registry())
 
     def noModelMessage(self) -> str:
         from KDSegmentationLib.errors import ModelNotFoundError

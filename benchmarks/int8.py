@@ -4,12 +4,12 @@
                               [--registry REG] [--model ID] [--calibration-ct CT ...]
                               [--repeats 5] [--write DIR] [--json FILE]
 
-Static QDQ quantisation with ONNX Runtime's own tooling (``quant_pre_process`` then
-``quantize_static``: per-channel int8 weights, uint8 activations calibrated on real CT
-slices); dynamic quantisation (``quantize_dynamic``) is timed too. Calibration batches
-are exactly what the pipeline feeds the network: ``segment_image`` runs on the
-calibration CTs (default: the training patient of ../shared/data) with an engine that
-records its inputs, so resize and physical-size models are handled alike.
+Static QDQ quantisation exactly as ``kdseg-train quantise`` ships it
+(``kdseg_train.quantisation``: per-channel int8 weights, uint8 activations calibrated on
+real CT slices); dynamic quantisation (``quantize_dynamic``) is timed too. Calibration
+batches are exactly what the pipeline feeds the network: ``segment_image`` runs on the
+config's training cases (each cropped to its slice band; or on ``--calibration-ct``) with
+an engine that records its inputs, so resize and physical-size models are handled alike.
 
 Speed: fp32 and int8 sessions with the pipeline's session options on the recorded
 batches, repeats interleaved. Accuracy: ``kdseg-train evaluate``'s evaluation (the
@@ -34,52 +34,26 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from KDSegmentationLib.imaging.image_files import read_image
+from KDSegmentationLib.imaging.orientation import to_canonical
 from KDSegmentationLib.inference.onnx_engine import _session_options
-from KDSegmentationLib.inference.pipeline import Segmenter, SegmentationOptions, segment_image
+from KDSegmentationLib.inference.pipeline import Segmenter
 from KDSegmentationLib.weights.file_digest import sha256_of
 from KDSegmentationLib.weights.model_registry import ModelCard, load_registry, write_registry
+from kdseg_train.quantisation import calibration_batches, calibration_images, quantise_static
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
 MIN_SPEED_UP = 1.5
 MAX_DICE_LOSS = 0.005
 
 
-class RecordingEngine:
-    """Runs the fp32 engine and keeps every batch it was given (the calibration data)."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.device, self.batches = engine, engine.device, []
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self.batches.append(np.array(batch, dtype=np.float32))
-        return self.engine.run(batch)
-
-
-def calibration_batches(segmenter: Segmenter, cts: List[Path]) -> List[np.ndarray]:
-    recorder = RecordingEngine(segmenter.engine)
-    for ct in cts:
-        segment_image(read_image(ct), Segmenter(segmenter.card, recorder), SegmentationOptions(postprocess=False))
-    return recorder.batches
-
-
 def quantise(fp32: Path, batches: List[np.ndarray], directory: Path, input_name: str) -> Dict[str, Path]:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    """Static QDQ (as ``kdseg-train quantise`` ships it) and dynamic int8 copies of ``fp32``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self):
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
-
-    prepared = directory / "prepared.onnx"
+    static = quantise_static(fp32, batches, directory / "int8-qdq.onnx", input_name)
+    prepared, dynamic = directory / "prepared.onnx", directory / "int8-dynamic.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    static, dynamic = directory / "int8-qdq.onnx", directory / "int8-dynamic.onnx"
-    quantize_static(str(prepared), str(static), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     quantize_dynamic(str(prepared), str(dynamic), weight_type=QuantType.QInt8)
     return {"int8 static QDQ": static, "int8 dynamic": dynamic}
 
@@ -129,8 +103,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="training config whose validation cases score both models")
     parser.add_argument("--registry", type=Path, help="registry JSON (default: the bundled one)")
     parser.add_argument("--model", help="model id (default: the registry's default)")
-    parser.add_argument("--calibration-ct", type=Path, nargs="+",
-                        default=[DATA / "totalsegmentator_example" / "example_ct.nii.gz"])
+    parser.add_argument("--calibration-ct", type=Path, nargs="+", default=None,
+                        help="calibrate on these whole CTs (default: the --config's training cases, each cropped to "
+                             "its slice band, as kdseg-train quantise does; without --config: the example CT)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", type=Path, help="write the int8 QDQ ONNX and its registry entry here")
@@ -143,9 +118,18 @@ def main() -> int:
                                         allow_download=False)
     fp32 = Path(segmenter.engine.model_path)
     print(f"model: {card.id} v{card.version} ({fp32.name}, {fp32.stat().st_size / 1e6:.1f} MB)")
-    batches = calibration_batches(segmenter, args.calibration_ct)
+    if args.calibration_ct or not args.config:
+        cts = args.calibration_ct or [DATA / "totalsegmentator_example" / "example_ct.nii.gz"]
+        images = [(ct.name, to_canonical(read_image(ct))) for ct in cts]
+    else:
+        from kdseg_train.config import load_config
+
+        config = load_config(args.config, [])
+        images = calibration_images(config["data"]["train"], config["data"]["hu_window"],
+                                    int(config["model"]["num_classes"]), int(config["model"]["img_size"]))
+    batches = calibration_batches(segmenter, images)
     print(f"calibration: {sum(len(b) for b in batches)} slices in {len(batches)} pipeline batches from "
-          f"{', '.join(p.name for p in args.calibration_ct)}")
+          f"{', '.join(name for name, _ in images)}")
     with tempfile.TemporaryDirectory(prefix="kdseg_int8_") as tmp:
         directory = Path(tmp)
         quantised = quantise(fp32, batches, directory, card.input.input_name)

@@ -27,6 +27,7 @@ from KDSegmentationLib.slicer_support.run_settings import (
     run_settings,
 )
 from KDSegmentationLib.slicer_support.status_text import format_bytes, format_result_status, progress_bar_state, volume_rows
+from KDSegmentationLib.slicer_support.model_choices import model_choices
 from KDSegmentationLib.slicer_support.organ_volume_ranges import PLAUSIBLE_VOLUME_ML, implausible_volumes
 from KDSegmentationLib.inference.label_volumes import label_volumes_ml
 
@@ -80,6 +81,29 @@ def test_module_defaults_pick_the_shipped_model():
     settings, card = run_settings(registry)
     assert settings.model_id == registry.default_model_id == card.id
     assert "not for clinical use" in card.intended_use
+
+
+def test_model_list_shows_every_bundled_model_default_first():
+    registry = load_registry(registry_path())
+    choices = model_choices(registry)
+    assert [choice.model_id for choice in choices] == sorted(registry.ids(), key=lambda i: i != registry.default_model_id)
+    assert choices[0].is_default and not any(choice.is_default for choice in choices[1:])
+    assert all(choice.offline for choice in choices)  # bundled and verified
+    card = registry.get(choices[0].model_id)
+    assert choices[0].text == f"{card.title} {card.version}" and choices[0].size_bytes == card.size_bytes
+
+
+def test_model_list_puts_the_default_first_whatever_the_file_order(tmp_path, plumbing_registry):
+    from dataclasses import replace
+
+    plumbing = load_registry(plumbing_registry).get()
+    second = replace(plumbing, id="second", title="Second", file="second.onnx", urls=("https://example.org/s.onnx",))
+    third = replace(plumbing, id="third", title="Third")
+    path = write_registry(tmp_path / "registry.json", [plumbing, second, third], "second")
+    (tmp_path / plumbing.file).write_bytes((plumbing_registry.parent / plumbing.file).read_bytes())
+    choices = model_choices(load_registry(path))
+    assert [(c.model_id, c.is_default, c.offline) for c in choices] == [
+        ("second", True, False), ("plumbing", False, True), ("third", False, True)]
 
 
 def test_a_registry_without_models_says_none_is_installed(tmp_path):

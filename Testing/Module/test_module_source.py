@@ -286,3 +286,6 @@ def test_widget_fixes_from_the_review_stay_wired():
     assert "self._task.stop" in cleanup and "self.logic.releaseSession" in cleanup
     assert "first_ct_volume" in _method_calls("KDSegmentationWidget", "initializeParameterNode")
     assert "self._segmenters.get" in _method_calls("KDSegmentationLogic", "_work")
+    # The model list is the Lib's model_choices (every registered model, default first), tested there.
+    assert "self.logic.modelChoices" in _method_calls("KDSegmentationWidget", "_fillModels")
+    assert "model_choices" in _method_calls("KDSegmentationLogic", "modelChoices")

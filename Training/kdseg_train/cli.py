@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 # Order = order in ``kdseg-train --help``.
-COMMAND_MODULES: Tuple[str, ...] = ("models", "train", "evaluate", "export", "convert")
+COMMAND_MODULES: Tuple[str, ...] = ("models", "train", "evaluate", "export", "quantise", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

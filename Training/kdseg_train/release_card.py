@@ -58,6 +58,28 @@ def _data_lines(training: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def _quantisation_lines(training: Dict[str, Any], metrics: Dict[str, Any]) -> List[str]:
+    """Where an int8 model comes from and how it compares with its fp32 source (empty for other models)."""
+    record = training.get("quantisation")
+    if not record:
+        return []
+    calibration = record.get("calibration") or {}
+    lines = ["", "## Quantisation", "",
+             f"Quantised from `{record.get('source_model')}` v{record.get('source_version')} "
+             f"(SHA-256 `{record.get('source_sha256')}`) with {record.get('method')}; onnxruntime "
+             f"{record.get('onnxruntime')}. Calibration: {calibration.get('slices')} slices in "
+             f"{calibration.get('batches')} batches, {calibration.get('data')} "
+             f"({', '.join(calibration.get('cases') or [])}).",
+             "", f"Reproduce: `{record.get('command')}`"]
+    comparison = (metrics.get("fp32_comparison") or {}).get("per_case_mean_dice") or {}
+    if comparison:
+        lines += ["", "Mean Dice over each validation case's organs (TransUNet protocol), same pipeline:", "",
+                  "| case | fp32 | int8 | difference (points) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {row['fp32']:.4f} | {row['int8']:.4f} | {row['points']:+.2f} |"
+                  for name, row in comparison.items()]
+    return lines
+
+
 def render_model_card(card: ModelCard) -> str:
     """Markdown text of ``card`` (one model of a release registry)."""
     training = card.training or {}
@@ -84,6 +106,7 @@ def render_model_card(card: ModelCard) -> str:
              "", "Compute: " + (", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in compute.items()) or "not recorded")
              + f"; {training.get('framework')}.",
+             ] + _quantisation_lines(training, card.metrics or {}) + [
              "", "## Evaluation", ""] + _metrics_lines(card.metrics or {}) + [
              "", "## Use", "",
              "```", f"kdseg --registry registry.json segment ct.nii.gz -o seg.nii.gz --model {card.id}",
