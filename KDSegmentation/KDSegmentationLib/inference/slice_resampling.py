@@ -244,7 +244,10 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
             _report_extents(extents, out, first_slice)
         return out
     y_runs, x_runs = _pixel_runs(lo_y, h), _pixel_runs(lo_x, w)
-    out[...] = np.take(np.take(source, lo_y, axis=1), lo_x, axis=2)
+    # Columns first (on the small map), then rows straight into ``out``: 5x less work than
+    # rows first into a full-size temporary. mode="clip" (the indices are valid) writes
+    # without numpy's intermediate buffer.
+    np.take(np.take(source, lo_x, axis=2), lo_y, axis=1, out=out, mode="clip")
     if extents is not None:
         _report_cell_extents(extents, source, first_slice, y_runs, x_runs)
     batch, cell_y, cell_x = np.nonzero(mixed)
@@ -252,6 +255,7 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
     # Cells with the same number of pixel rows and columns are interpolated together.
     groups = pixels_y.astype(np.int64) * (shape[2] + 1) + pixels_x
     ordered = np.sort(groups)  # distinct sizes without np.unique, which imports numpy.ma (slow start-up)
+    interpolated = []  # (labels, z, y, x) of the interpolated pixels, for ``extents``
     for group in ordered[np.flatnonzero(np.diff(ordered, prepend=-1))]:
         n_rows, n_cols = divmod(int(group), shape[2] + 1)
         if n_rows == 0 or n_cols == 0:
@@ -273,6 +277,10 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
         out[b[:, None, None], rows[:, :, None], cols[:, None, :]] = labels
         if extents is not None:
             full = labels.shape
-            extents.include_voxels(labels, np.broadcast_to(b[:, None, None] + first_slice, full),
-                                   np.broadcast_to(rows[:, :, None], full), np.broadcast_to(cols[:, None, :], full))
+            interpolated.append((labels.ravel(), np.broadcast_to(b[:, None, None], full).ravel(),
+                                 np.broadcast_to(rows[:, :, None], full).ravel(),
+                                 np.broadcast_to(cols[:, None, :], full).ravel()))
+    if interpolated:  # one report for all groups: sorting by label once is cheaper than once per group
+        values, z, y, x = (np.concatenate(parts) for parts in zip(*interpolated))
+        extents.include_voxels(values, z + first_slice, y, x)
     return out
