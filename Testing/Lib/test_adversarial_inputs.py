@@ -516,6 +516,21 @@ def test_gantry_tilted_dicom_is_placed_on_its_true_grid(capsys, tmp_path, dicom_
     _assert_refused(code, stderr, EXIT_OUTPUT, "NIfTI cannot store")
 
 
+def test_tilted_series_listed_out_of_order_is_stacked_along_its_normal(dicom_copy, monkeypatch):
+    """The one-pass read stacks GDCM's order; a tilted series whose true order differs is read again in it."""
+    from KDSegmentationLib.imaging import image_files
+
+    for index, path in enumerate(_dicom_files(dicom_copy)):
+        _shift_dicom_position(path, 0, 0.5 * index)
+    expected = image_files.read_image(dicom_copy)
+    listed = image_files._series_files
+    monkeypatch.setattr(image_files, "_series_files", lambda folder, uid: tuple(reversed(listed(folder, uid))))
+    got = image_files.read_image(dicom_copy)
+    assert (got.GetOrigin(), got.GetSpacing(), got.GetDirection()) == \
+        (expected.GetOrigin(), expected.GetSpacing(), expected.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(got), sitk.GetArrayViewFromImage(expected))
+
+
 def test_existing_output_is_replaced_whole(capsys, tmp_path, ct_crop):
     source = _write(ct_crop, tmp_path / "ct.nii.gz")
     out = tmp_path / "seg.nii.gz"

@@ -25,11 +25,28 @@ def test_reads_real_nifti_with_its_header(ct_dir):
     assert check_ct_intensities(sitk.GetArrayViewFromImage(image)) == []
 
 
+def itk_series_read(folder):
+    """A DICOM folder read by ITK alone (files in GDCM's order), as kdseg read it before its one-pass read."""
+    reader = sitk.ImageSeriesReader()
+    (uid,) = reader.GetGDCMSeriesIDs(str(folder))
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
+    return reader.Execute()
+
+
+def assert_same_as_itk_series_read(image, folder):
+    expected = itk_series_read(folder)
+    assert image.GetPixelID() == expected.GetPixelID()
+    assert (image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection()) == \
+        (expected.GetSize(), expected.GetOrigin(), expected.GetSpacing(), expected.GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(expected))
+
+
 def test_reads_real_jpeg2000_dicom_series_in_hounsfield_units(ct_dir):
     folder = ct_dir / "totalsegmentator_dicom" / "example_ct_dicom"
     (uid, count, _description), = list_dicom_series(folder)
     assert count == 20
     image = read_image(folder)
+    assert_same_as_itk_series_read(image, folder)  # geometry to the bit, every voxel
     assert image.GetSize() == (512, 512, 20)
     np.testing.assert_allclose(image.GetSpacing(), (0.977, 0.977, 2.0), atol=1e-3)
     values = sitk.GetArrayViewFromImage(image)
@@ -41,6 +58,7 @@ def test_reads_real_jpeg2000_dicom_series_in_hounsfield_units(ct_dir):
 def test_reads_real_3_slice_dicom_and_its_manual_liver_overlays_liver_hu(ct_dir):
     folder = ct_dir / "dcmqi_3slice"
     image = read_image(folder / "ct-3slice")
+    assert_same_as_itk_series_read(image, folder / "ct-3slice")
     assert image.GetSize() == (512, 512, 3)
     np.testing.assert_allclose(image.GetSpacing(), (0.811, 0.811, 1.0), atol=1e-3)
     values = sitk.GetArrayFromImage(image)

@@ -1,4 +1,4 @@
-""".nii.gz read with one verified decompression: ITK's result to the bit, corrupt streams refused."""
+""".nii.gz read with one verified decompression streamed into the image: ITK's result to the bit, corrupt streams refused."""
 
 import gzip
 import struct
@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.errors import InputImageError
 from KDSegmentationLib.imaging.image_files import read_image
+from KDSegmentationLib.imaging import nifti_gzip
 from KDSegmentationLib.imaging.nifti_gzip import read_nifti_gz
 
 
@@ -68,18 +69,49 @@ def test_scaled_values_are_left_to_itk(shared_data, tmp_path):
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * 2 - 10)
 
 
-def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path):
+@pytest.mark.parametrize("inflate", ["isal", "standard library"])
+def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path, monkeypatch, inflate):
+    if inflate == "standard library":
+        monkeypatch.setitem(sys.modules, "isal", None)  # `import isal` now raises ImportError, as inside Slicer
     data = (shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz").read_bytes()
     corrupt = bytearray(data)
     corrupt[len(data) // 3] ^= 0x01
-    cases = {"corrupt.nii.gz": bytes(corrupt), "truncated.nii.gz": data[: len(data) * 2 // 3]}
+    wrong_crc = bytearray(data)
+    wrong_crc[-8] ^= 0x01  # the deflate data is intact: only the CRC-32 in the trailer tells
+    cases = {"corrupt.nii.gz": bytes(corrupt), "truncated.nii.gz": data[: len(data) * 2 // 3],
+             "wrong_crc.nii.gz": bytes(wrong_crc), "no_trailer.nii.gz": data[:-8],
+             "garbage_after.nii.gz": data + b"not gzip"}
     for name, content in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
         with pytest.raises(InputImageError, match="truncated or corrupt") as error:
             read_image(path)
         assert name in str(error.value)
-    sitk.ReadImage(str(tmp_path / "corrupt.nii.gz"))  # ITK alone reads the corrupt file without a word
+    for name in ("corrupt.nii.gz", "wrong_crc.nii.gz"):
+        sitk.ReadImage(str(tmp_path / name))  # ITK alone reads these without a word
+
+
+def test_members_padding_and_every_piece_boundary_decode_as_itk_reads_the_file(shared_data, tmp_path, monkeypatch):
+    """gzip allows several members and zero padding; tiny pieces put piece ends everywhere, also inside voxels."""
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    stream = gzip.decompress(source.read_bytes())
+    split = 352 + 12345  # inside the voxels, at an odd byte
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(stream[:split]) + b"\0" * 100 + gzip.compress(stream[split:]) + b"\0" * 7)
+    expected = sitk.ReadImage(str(source))
+    assert_same_image(read_nifti_gz(path), expected, "two members with zero padding")
+    monkeypatch.setattr(nifti_gzip, "_INPUT_PIECE_BYTES", 997)
+    monkeypatch.setattr(nifti_gzip, "_OUTPUT_PIECE_BYTES", 1231)
+    assert_same_image(read_nifti_gz(path), expected, "small pieces, two members")
+    assert_same_image(read_nifti_gz(source), expected, "small pieces")
+
+
+def test_header_longer_than_the_stream_is_refused(shared_data, tmp_path):
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(gzip.decompress(source.read_bytes())[:-2]))  # a valid stream, 1 voxel short
+    with pytest.raises(InputImageError, match="header describes"):
+        read_nifti_gz(short)
 
 
 def test_without_isal_the_standard_library_decodes_the_same(shared_data, monkeypatch):

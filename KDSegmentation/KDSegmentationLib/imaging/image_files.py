@@ -27,7 +27,8 @@ import SimpleITK as sitk
 from ..atomic_files import TEMPORARY_MARK, Verify, atomic_file, temporary_sibling
 from ..errors import InputImageError, OutputError, WriteVerificationError
 from ..interruptible_call import call_interruptibly
-from .dicom_series_checks import read_slice_headers, series_grid, unreadable_dicom_files
+from .dicom_series_checks import SeriesGrid, read_slice_headers, series_grid, series_reader_slice_headers, \
+    unreadable_dicom_files
 from .input_geometry import check_nifti_header, explain_itk_geometry_error
 from .native_messages import native_messages_captured
 from .path_guards import check_input_path, special_entries_in_folder
@@ -77,6 +78,27 @@ def _uid_text(uid: str) -> str:
     return uid if uid else '""'
 
 
+def _series_in(folder: Union[str, Path]) -> List[Tuple[str, Tuple[str, ...]]]:
+    """(series UID, its files in GDCM's order) for each series directly in ``folder``: one scan per series."""
+    return [(uid, _series_files(folder, uid)) for uid in _series_ids(folder)]
+
+
+def _series_description(first_file: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first_file)
+    try:
+        with native_messages_captured(f"reading the header of {first_file}"):
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return ""
+    return reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+
+
+def _series_text(uid: str, files: Tuple[str, ...]) -> str:
+    description = _series_description(files[0])
+    return f"{_uid_text(uid)} ({len(files)} files{', ' + description if description else ''})"
+
+
 def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
     """Each DICOM series directly in ``folder``: (series instance UID, number of files, description).
 
@@ -86,21 +108,7 @@ def list_dicom_series(folder: Path) -> List[Tuple[str, int, str]]:
     Returns:
         One tuple per series, in GDCM's order; empty if the folder has no readable series.
     """
-    series = []
-    for uid in _series_ids(folder):
-        files = _series_files(folder, uid)
-        description = ""
-        try:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(files[0])
-            with native_messages_captured(f"reading the header of {files[0]}"):
-                reader.ReadImageInformation()
-            if reader.HasMetaDataKey("0008|103e"):
-                description = reader.GetMetaData("0008|103e").strip()
-        except RuntimeError:
-            pass
-        series.append((uid, len(files), description))
-    return series
+    return [(uid, len(files), _series_description(files[0])) for uid, files in _series_in(folder)]
 
 
 def _folders_with_series(folder: Path) -> List[Path]:
@@ -126,7 +134,7 @@ def _refuse_special_entries(folder: Path) -> None:
 
 def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     _refuse_special_entries(folder)
-    series = list_dicom_series(folder)
+    series = _series_in(folder)  # GDCM scans the folder once per series, not once per question
     if not series:
         below = _folders_with_series(folder)
         if below:
@@ -138,7 +146,7 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
                               "NIfTI/NRRD/MHA file.")
     if series_uid is None:
         if len(series) > 1:
-            listing = "; ".join(f"{_uid_text(uid)} ({n} files{', ' + d if d else ''})" for uid, n, d in series)
+            listing = "; ".join(_series_text(uid, files) for uid, files in series)
             empty = ' (--series "" selects the series whose UID is empty)' if any(not s[0] for s in series) else ""
             raise InputImageError(f"Folder {folder} contains {len(series)} DICOM series: {listing}.",
                                   f"Choose one with --series UID{empty} (in Python: read_image(folder, "
@@ -147,21 +155,40 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     elif series_uid not in [s[0] for s in series]:
         raise InputImageError(f"DICOM series {_uid_text(series_uid)} is not in {folder}.",
                               f"Choose one of: {', '.join(_uid_text(s[0]) for s in series)}.")
-    files = _series_files(folder, series_uid)
-    with native_messages_captured(f"checking the slices of {folder}"):
-        grid = _checked_series_grid(folder, files, [f for s in series for f in _series_files(folder, s[0])])
+    files = dict(series)[series_uid]
+    all_series_files = [f for _uid, series_files in series for f in series_files]
+    with native_messages_captured(f"checking the files of {folder}"):
+        if unreadable_dicom_files(folder, all_series_files):
+            _checked_series_grid(folder, files, all_series_files)  # names them (and misplaced slices)
+    # One pass over the files: the reader keeps each slice's tags, and the slice
+    # positions are checked from those before anything is computed on the image.
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(grid.ordered_files))
-    try:
-        with native_messages_captured(f"reading DICOM series in {folder}"):
-            image = call_interruptibly(reader.Execute)
-    except RuntimeError as exc:
-        raise InputImageError(f"Cannot read DICOM series {_uid_text(series_uid)} in {folder}: {_first_line(exc)}.",
-                              "Check that the files are complete and not corrupt.") from None
+    reader.SetFileNames(list(files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = _execute_series_reader(reader, folder, series_uid, files, all_series_files)
+    with native_messages_captured(f"checking the slices of {folder}"):
+        grid = series_grid(series_reader_slice_headers(reader, folder), folder)
+    if grid.ordered_files != tuple(files):  # a tilted series is stacked in its own order
+        reader.SetFileNames(list(grid.ordered_files))
+        reader.MetaDataDictionaryArrayUpdateOff()
+        image = _execute_series_reader(reader, folder, series_uid, files, all_series_files)
     return grid.place(image)
 
 
-def _checked_series_grid(folder: Path, files: Tuple[str, ...], all_series_files: List[str]):
+def _execute_series_reader(reader: sitk.ImageSeriesReader, folder: Path, series_uid: str, files: Tuple[str, ...],
+                           all_series_files: List[str]) -> sitk.Image:
+    try:
+        with native_messages_captured(f"reading DICOM series in {folder}"):
+            return call_interruptibly(reader.Execute)
+    except RuntimeError as exc:
+        reason = _first_line(exc)
+    with native_messages_captured(f"checking the slices of {folder}"):
+        _checked_series_grid(folder, files, all_series_files)  # names damaged or misplaced slices if that is why
+    raise InputImageError(f"Cannot read DICOM series {_uid_text(series_uid)} in {folder}: {reason}.",
+                          "Check that the files are complete and not corrupt.")
+
+
+def _checked_series_grid(folder: Path, files: Tuple[str, ...], all_series_files: List[str]) -> SeriesGrid:
     """The series' true grid, or one InputImageError naming unreadable files and misplaced positions."""
     unreadable = unreadable_dicom_files(folder, all_series_files)
     try:
