@@ -33,6 +33,29 @@ def test_to_model_fast_equals_blur_then_sample_on_real_ct(dicom_slices, mm):
                                grid.to_model(slices, spacing_yx, fill=0.25), atol=2e-6)
 
 
+@pytest.mark.parametrize("mm", [None, 3.0], ids=["resize", "3 mm"])
+def test_banded_operator_gives_the_tap_by_tap_sum_bit_for_bit_in_any_layout(dicom_slices, mm):
+    """The slice-by-slice, transposed-columns evaluation rounds exactly as the plain sum of weighted taps (in tap
+    order) over the whole batch, so the pipeline's model input does not change with the layout."""
+    from KDSegmentationLib.inference.model_grid import _apply_banded, _input_operators
+
+    slices, spacing_yx = dicom_slices
+    _, _, rows, cols = _input_operators(ModelGrid(128, 128, mm), 512, 512, *spacing_yx)
+
+    def tap_by_tap(array, axis, indices, weights):
+        shape = [1] * array.ndim
+        shape[axis] = indices.shape[0]
+        out = np.take(array, indices[:, 0], axis=axis) * weights[:, 0].reshape(shape)
+        for t in range(1, indices.shape[1]):
+            out += np.take(array, indices[:, t], axis=axis) * weights[:, t].reshape(shape)
+        return out
+
+    along_rows = _apply_banded(slices, -2, *rows)
+    np.testing.assert_array_equal(along_rows, tap_by_tap(slices, -2, *rows))
+    np.testing.assert_array_equal(_apply_banded(along_rows, -1, *cols), tap_by_tap(along_rows, -1, *cols))
+    np.testing.assert_array_equal(_apply_banded(slices[0], -2, *rows), along_rows[0])  # one slice (live preview)
+
+
 @pytest.fixture(scope="module")
 def organ_scores(shared_data):
     """Organ-shaped class scores on a 64 x 64 grid from the real reference segmentation (all eight organs)."""

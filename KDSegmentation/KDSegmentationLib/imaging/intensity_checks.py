@@ -32,13 +32,17 @@ def reject_unusable_values(array: np.ndarray, source: str = "input") -> None:
     Raises:
         InputImageError: non-finite values, or a constant volume.
     """
-    if array.dtype.kind == "f":
+    _reject_unusable_range(array, array.min(), array.max(), source)
+
+
+def _reject_unusable_range(array: np.ndarray, low, high, source: str) -> None:
+    """:func:`reject_unusable_values` given the array's ``low`` = min and ``high`` = max."""
+    if array.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+        # min/max propagate NaN and show infinities: only then is the count worth a pass.
         finite = np.isfinite(array)
-        if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
-            raise InputImageError(f"The {source} contains {bad} NaN or infinite voxel values.",
-                                  "Repair or re-export the volume (e.g. replace NaN by -1024 HU).")
-    low, high = array.min(), array.max()
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise InputImageError(f"The {source} contains {bad} NaN or infinite voxel values.",
+                              "Repair or re-export the volume (e.g. replace NaN by -1024 HU).")
     if low == high:
         raise InputImageError(f"The {source} is constant (every voxel is {float(low):g}); there is nothing "
                               "to segment.", "Check that the right volume was loaded.")
@@ -46,7 +50,11 @@ def reject_unusable_values(array: np.ndarray, source: str = "input") -> None:
 
 def intensity_warnings(array: np.ndarray, source: str = "input") -> List[str]:
     """Reasons to doubt that ``array`` is CT in Hounsfield units (empty list if it looks like HU)."""
-    low, high = float(array.min()), float(array.max())
+    return _range_warnings(array, float(array.min()), float(array.max()), source)
+
+
+def _range_warnings(array: np.ndarray, low: float, high: float, source: str) -> List[str]:
+    """:func:`intensity_warnings` given the array's ``low`` = min and ``high`` = max."""
     found = f"values in [{low:g}, {high:g}]"
     if low >= -1.0 and high <= 1.0:
         return [f"The {source} has {found}: it looks normalised, not CT in Hounsfield units, so the "
@@ -74,8 +82,9 @@ def check_ct_intensities(array: np.ndarray, source: str = "input") -> List[str]:
     Raises:
         InputImageError: NaN/inf or constant values.
     """
-    reject_unusable_values(array, source)
-    warnings = intensity_warnings(array, source)
+    low, high = array.min(), array.max()  # one pass each, shared by both checks
+    _reject_unusable_range(array, low, high, source)
+    warnings = _range_warnings(array, float(low), float(high), source)
     for text in warnings:
         _log.warning(text)
     return warnings

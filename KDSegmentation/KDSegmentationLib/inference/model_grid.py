@@ -208,23 +208,36 @@ def _axis_operator(taps: AxisTaps, n_in: int, sigma: float) -> Tuple[np.ndarray,
 
 
 def _apply_banded(array: np.ndarray, axis: int, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``array`` resampled along ``axis`` (-1 or -2) by a banded operator from :func:`_axis_operator`.
+    """``array`` (float32, ``(..., H, W)``) resampled along ``axis`` (-1 or -2) by a banded operator from
+    :func:`_axis_operator`.
 
     A sum over the few taps of each output pixel rather than a dense matrix product: about
     twenty times less arithmetic for 512-pixel slices, and no BLAS call, whose worker
     threads keep spinning after the call and then compete with ONNX Runtime's on small machines.
+    The taps are summed slice by slice into one reused buffer, so a slice's partial sums stay
+    in the CPU cache; along the columns the slices are transposed first, so that every tap
+    copies whole rows. Each output pixel gets the same float32 operations in the same order
+    either way (the result does not depend on this layout).
     """
-    shape = [1] * array.ndim
-    shape[axis] = indices.shape[0]
-    out = None
-    for t in range(indices.shape[1]):
-        term = np.take(array, indices[:, t], axis=axis)
-        term *= weights[:, t].reshape(shape)
-        if out is None:
-            out = term
-        else:
-            out += term
-    return out
+    if axis == -1:
+        columns_as_rows = np.ascontiguousarray(np.swapaxes(array, -1, -2))
+        return np.swapaxes(_apply_banded(columns_as_rows, -2, indices, weights), -1, -2)
+    if axis != -2:
+        raise ValueError(f"axis must be -1 or -2, got {axis}")
+    planes = array.reshape((-1,) + array.shape[-2:])
+    out = np.empty((planes.shape[0], indices.shape[0], planes.shape[2]), dtype=np.float32)
+    term = np.empty(out.shape[1:], dtype=np.float32)
+    tap_weights = [weights[:, t, None] for t in range(indices.shape[1])]
+    tap_indices = [np.ascontiguousarray(indices[:, t]) for t in range(indices.shape[1])]
+    for plane, result in zip(planes, out):
+        # mode="clip": the indices are valid, and numpy then writes into ``out`` without a buffer.
+        np.take(plane, tap_indices[0], axis=0, out=result, mode="clip")
+        result *= tap_weights[0]
+        for index, weight in zip(tap_indices[1:], tap_weights[1:]):
+            np.take(plane, index, axis=0, out=term, mode="clip")
+            term *= weight
+            result += term
+    return out.reshape(array.shape[:-2] + out.shape[1:])
 
 
 @functools.lru_cache(maxsize=16)

@@ -22,8 +22,12 @@ def window_to_unit(hu: np.ndarray, window: Sequence[float]) -> np.ndarray:
     low, high = float(window[0]), float(window[1])
     if not high > low:
         raise ValueError(f"HU window must have low < high, got {tuple(window)}")
-    out = np.asarray(hu, dtype=np.float32)
-    out = np.clip(out, low, high)
+    source = np.asarray(hu)
+    if source.dtype == np.float32:
+        out = np.clip(source, low, high)  # a new array: ``hu`` is never modified
+    else:
+        out = source.astype(np.float32)  # the one new array; the window is applied to it in place
+        np.clip(out, low, high, out=out)
     out -= low
     out /= high - low
     return out
