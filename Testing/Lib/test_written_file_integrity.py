@@ -206,7 +206,8 @@ def test_silently_truncated_label_map_is_refused(suffix, monkeypatch, label_map,
     assert list(target.parent.iterdir()) == []
 
 
-def test_written_label_map_with_a_changed_voxel_is_refused(monkeypatch, label_map, tmp_path):
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz"])  # .nii.gz: compared piece by piece while decompressing
+def test_written_label_map_with_a_changed_voxel_is_refused(monkeypatch, label_map, tmp_path, suffix):
     """A writer that completes but stores a different voxel (bit rot, a buggy writer) is caught by the read-back."""
     real_write = image_files.sitk.WriteImage
 
@@ -216,13 +217,14 @@ def test_written_label_map_with_a_changed_voxel_is_refused(monkeypatch, label_ma
         real_write(changed, path, *args, **kwargs)
 
     monkeypatch.setattr(image_files.sitk, "WriteImage", corrupting)
-    target = tmp_path / "seg.nrrd"
+    target = tmp_path / f"seg{suffix}"
     with pytest.raises(WriteVerificationError, match="different voxel values"):
         write_image_atomic(label_map, target)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_written_label_map_with_a_changed_origin_is_refused(monkeypatch, label_map, tmp_path):
+@pytest.mark.parametrize("suffix", [".mha", ".nii.gz"])
+def test_written_label_map_with_a_changed_origin_is_refused(monkeypatch, label_map, tmp_path, suffix):
     real_write = image_files.sitk.WriteImage
 
     def shifted(image, path, *args, **kwargs):
@@ -232,7 +234,7 @@ def test_written_label_map_with_a_changed_origin_is_refused(monkeypatch, label_m
 
     monkeypatch.setattr(image_files.sitk, "WriteImage", shifted)
     with pytest.raises(WriteVerificationError, match="spacing, origin or direction"):
-        write_image_atomic(label_map, tmp_path / "seg.mha")
+        write_image_atomic(label_map, tmp_path / f"seg{suffix}")
     assert list(tmp_path.iterdir()) == []
 
 

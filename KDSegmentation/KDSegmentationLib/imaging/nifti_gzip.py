@@ -25,14 +25,17 @@ import struct
 import sys
 import zlib
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError
 
-__all__ = ["inflate_gzip_into", "read_nifti_gz"]
+__all__ = ["PieceSink", "PlainNiftiGz", "inflate_gzip", "plain_nifti_gz", "read_nifti_gz"]
+
+PieceSink = Callable[[np.ndarray, int], None]
 
 # NIfTI-1 datatype code -> numpy dtype (little-endian).
 _NIFTI_DTYPES = {2: "<u1", 4: "<i2", 8: "<i4", 16: "<f4", 64: "<f8", 256: "<i1", 512: "<u2", 768: "<u4",
@@ -59,15 +62,17 @@ def _corrupt(path: Path, reason: object) -> InputImageError:
                            "Copy or download the file again.")
 
 
-def inflate_gzip_into(path: Path, skip: int, out: np.ndarray) -> int:
+def inflate_gzip(path: Path, skip: int, length: int, take: PieceSink) -> int:
     """Decompress a gzip file piece by piece, verifying every member's CRC-32 and length.
 
     Args:
         path: a gzip file (one or more members; zero padding after a member is allowed).
-        skip: how many decompressed bytes to pass over before ``out`` starts (a header).
-        out: writable uint8 array, shape (n,): receives decompressed bytes
-            ``skip .. skip + n`` (fewer if the content is shorter; the caller compares
-            the returned length).
+        skip: how many decompressed bytes to pass over first (a header).
+        length: how many bytes after those to hand to ``take``.
+        take: called in stream order as ``take(piece, start)`` with the decompressed bytes
+            ``skip + start .. skip + start + piece.size`` (uint8 array, valid during the
+            call only); together the pieces cover ``skip .. skip + length``, or less when
+            the content is shorter (the caller compares the returned length).
 
     Returns:
         The total decompressed length in bytes.
@@ -76,7 +81,7 @@ def inflate_gzip_into(path: Path, skip: int, out: np.ndarray) -> int:
         InputImageError: the file is truncated, corrupt or not gzip.
     """
     inflate = _inflate_module()
-    end = skip + out.size
+    end = skip + length
     total = 0
     members = 0
     decoder = None  # None between members
@@ -98,9 +103,9 @@ def inflate_gzip_into(path: Path, skip: int, out: np.ndarray) -> int:
                     pending, decoder = decoder.unused_data, None
                 else:
                     pending = decoder.unconsumed_tail
-                total = _copy_piece(piece, total, skip, end, out)
+                total = _hand_over(piece, total, skip, end, take)
             if decoder is not None:  # the file ended inside a member: output zlib still holds, then the verdict
-                total = _copy_piece(decoder.flush(), total, skip, end, out)
+                total = _hand_over(decoder.flush(), total, skip, end, take)
                 if not decoder.eof:
                     raise _corrupt(path, "the compressed stream ends early")
     except (OSError, EOFError, zlib.error, inflate.error) as exc:
@@ -110,11 +115,11 @@ def inflate_gzip_into(path: Path, skip: int, out: np.ndarray) -> int:
     return total
 
 
-def _copy_piece(piece: bytes, total: int, skip: int, end: int, out: np.ndarray) -> int:
-    """Copy the part of ``piece`` (stream bytes ``total ..``) that falls in ``skip .. end`` into ``out``."""
+def _hand_over(piece: bytes, total: int, skip: int, end: int, take: PieceSink) -> int:
+    """Give ``take`` the part of ``piece`` (stream bytes ``total ..``) that falls in ``skip .. end``."""
     low, high = max(total, skip), min(total + len(piece), end)
     if high > low:
-        out[low - skip:high - skip] = np.frombuffer(piece, np.uint8, high - low, low - total)
+        take(np.frombuffer(piece, np.uint8, high - low, low - total), low - skip)
     return total + len(piece)
 
 
@@ -158,23 +163,43 @@ def _header_bytes(path: Path) -> bytes:
         return b""  # the full decode reports the problem
 
 
-def read_nifti_gz(path: Path) -> Optional[sitk.Image]:
-    """``sitk.ReadImage(path)`` for a plain .nii.gz, after one CRC-checked decompression.
+@dataclass(frozen=True)
+class PlainNiftiGz:
+    """A plain .nii.gz as ITK's header reader sees it, and where its voxels lie in the stream.
 
     Args:
-        path: a ``.nii.gz`` file.
+        path: the file.
+        header: an ``ImageFileReader`` after ``ReadImageInformation()``: size, pixel type
+            and geometry exactly as ITK reads them.
+        offset: where the voxels start in the decompressed stream (bytes).
+        voxel_bytes: how many bytes of voxels follow.
+    """
 
-    Returns:
-        The image (voxels, pixel type, origin, spacing and direction equal to ITK's
-        reader), or None when the file is not the plain case (see the module docstring)
-        or ITK cannot read its header; the caller then reads it the general way. Which
-        case applies is decided from the header before the voxels are decompressed.
+    path: Path
+    header: sitk.ImageFileReader
+    offset: int
+    voxel_bytes: int
 
-    Raises:
-        InputImageError: the gzip stream is truncated or corrupt.
+    def inflate_voxels(self, take: PieceSink) -> None:
+        """Decompress the file once, CRC-checked, handing the voxel bytes to ``take`` (see :func:`inflate_gzip`).
+
+        Raises:
+            InputImageError: the stream is truncated or corrupt, or shorter than the header says.
+        """
+        decoded = inflate_gzip(self.path, self.offset, self.voxel_bytes, take)
+        if self.offset + self.voxel_bytes > decoded:
+            raise InputImageError(f"Cannot read {self.path}: it holds {decoded} bytes, but its header describes "
+                                  f"{self.voxel_bytes} bytes of voxels from byte {self.offset}.",
+                                  "Copy or export the file again.")
+
+
+def plain_nifti_gz(path: Path) -> Optional[PlainNiftiGz]:
+    """The header of a plain .nii.gz (see the module docstring), or None for any other file.
+
+    Only the header is decompressed; ITK reads the geometry.
     """
     if sys.byteorder != "little":
-        return None  # the voxels are copied as stored (little-endian)
+        return None  # the voxels are used as stored (little-endian)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -190,14 +215,36 @@ def read_nifti_gz(path: Path) -> Optional[sitk.Image]:
     dtype, offset = layout
     if sitk.GetImageFromArray(np.zeros((1, 1, 1), dtype)).GetPixelID() != reader.GetPixelID():
         return None
-    count = int(np.prod(size))
-    image = sitk.Image([int(n) for n in size], reader.GetPixelID())
-    decoded = inflate_gzip_into(path, offset, _writable_voxel_bytes(image))
-    if offset + count * dtype.itemsize > decoded:
-        raise InputImageError(f"Cannot read {path}: it holds {decoded} bytes, but its header describes "
-                              f"{count} voxels of {dtype.itemsize} bytes from byte {offset}.",
-                              "Copy or export the file again.")
-    image.SetOrigin(reader.GetOrigin())
-    image.SetSpacing(reader.GetSpacing())
-    image.SetDirection(reader.GetDirection())
+    return PlainNiftiGz(Path(path), reader, offset, int(np.prod(size)) * dtype.itemsize)
+
+
+def read_nifti_gz(path: Path) -> Optional[sitk.Image]:
+    """``sitk.ReadImage(path)`` for a plain .nii.gz, after one CRC-checked decompression.
+
+    Args:
+        path: a ``.nii.gz`` file.
+
+    Returns:
+        The image (voxels, pixel type, origin, spacing and direction equal to ITK's
+        reader), or None when the file is not the plain case (see the module docstring)
+        or ITK cannot read its header; the caller then reads it the general way. Which
+        case applies is decided from the header before the voxels are decompressed.
+
+    Raises:
+        InputImageError: the gzip stream is truncated or corrupt.
+    """
+    plain = plain_nifti_gz(path)
+    if plain is None:
+        return None
+    header = plain.header
+    image = sitk.Image([int(n) for n in header.GetSize()], header.GetPixelID())
+    voxels = _writable_voxel_bytes(image)
+
+    def copy(piece: np.ndarray, start: int) -> None:
+        voxels[start:start + piece.size] = piece
+
+    plain.inflate_voxels(copy)
+    image.SetOrigin(header.GetOrigin())
+    image.SetSpacing(header.GetSpacing())
+    image.SetDirection(header.GetDirection())
     return image
