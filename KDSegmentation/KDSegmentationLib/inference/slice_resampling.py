@@ -161,6 +161,25 @@ def _report_cell_extents(extents, source: np.ndarray, first_slice: int, y_runs, 
                                  x_start[cols[-1]] + x_count[cols[-1]] - 1))
 
 
+def _report_interpolated_extents(extents, labels: np.ndarray, slices: np.ndarray, rows: np.ndarray,
+                                 cols: np.ndarray, classes: int) -> None:
+    """Boxes of the whole cells in which each class won at least one interpolated pixel (a superset).
+
+    Args:
+        labels: (M, n_rows, n_cols) classes of the pixels of M cells.
+        slices: (M,) slice index of each cell in the map ``extents`` describes.
+        rows, cols: (M, n_rows) and (M, n_cols) pixel rows and columns of each cell.
+        classes: number of classes C (labels < C).
+    """
+    won = np.zeros((labels.shape[0], classes), dtype=bool)  # (M, C): which classes won a pixel of each cell
+    won[np.arange(labels.shape[0])[:, None], labels.reshape(labels.shape[0], -1)] = True
+    for value in np.flatnonzero(won.any(axis=0)).tolist():
+        cells = won[:, value]
+        z, top, bottom = slices[cells], rows[cells, 0], rows[cells, -1]
+        left, right = cols[cells, 0], cols[cells, -1]
+        extents.include_box(value, (z.min(), top.min(), left.min()), (z.max(), bottom.max(), right.max()))
+
+
 def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.ndarray] = None,
                    extents=None, first_slice: int = 0) -> np.ndarray:
     """Class index of the largest linearly resized score: ``resize_channels(logits, out_hw).argmax(1)``.
@@ -255,7 +274,6 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
     # Cells with the same number of pixel rows and columns are interpolated together.
     groups = pixels_y.astype(np.int64) * (shape[2] + 1) + pixels_x
     ordered = np.sort(groups)  # distinct sizes without np.unique, which imports numpy.ma (slow start-up)
-    interpolated = []  # (labels, z, y, x) of the interpolated pixels, for ``extents``
     for group in ordered[np.flatnonzero(np.diff(ordered, prepend=-1))]:
         n_rows, n_cols = divmod(int(group), shape[2] + 1)
         if n_rows == 0 or n_cols == 0:
@@ -276,11 +294,5 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
         labels = _class_argmax(scores, axis=3)
         out[b[:, None, None], rows[:, :, None], cols[:, None, :]] = labels
         if extents is not None:
-            full = labels.shape
-            interpolated.append((labels.ravel(), np.broadcast_to(b[:, None, None], full).ravel(),
-                                 np.broadcast_to(rows[:, :, None], full).ravel(),
-                                 np.broadcast_to(cols[:, None, :], full).ravel()))
-    if interpolated:  # one report for all groups: sorting by label once is cheaper than once per group
-        values, z, y, x = (np.concatenate(parts) for parts in zip(*interpolated))
-        extents.include_voxels(values, z + first_slice, y, x)
+            _report_interpolated_extents(extents, labels, b + first_slice, rows, cols, classes)
     return out
