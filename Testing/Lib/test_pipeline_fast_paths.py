@@ -243,6 +243,12 @@ def test_label_extents_rejects_bad_input():
     extents.include_box(3, (1, 1, 1), (2, 3, 5))
     assert extents.box(3) == (slice(0, 4), slice(0, 5), slice(0, 6))
     assert extents.box(3, margin=0) == (slice(1, 3), slice(1, 4), slice(1, 6))
+    extents.narrow_to(3, (slice(0, 2), slice(2, 5), slice(0, 6)))
+    assert extents.box(3, margin=0) == (slice(1, 2), slice(2, 4), slice(1, 6))
+    extents.narrow_to(3, (slice(3, 4), slice(0, 5), slice(0, 6)))  # no overlap: the label is gone
+    assert extents.box(3) is None and not extents.contains(3)
+    extents.narrow_to(4, (slice(0, 1),) * 3)  # never reported: stays absent
+    assert extents.box(4) is None
 
 
 def _organs_with_islands_and_holes(shared_data):
@@ -281,6 +287,12 @@ def test_clean_up_equals_the_direct_whole_map_computation_on_real_organs(shared_
     for boxes in (extents, None):
         got = largest_component_and_fill(labels.copy(), range(1, 9), boxes, block=block)
         np.testing.assert_array_equal(got, expected, err_msg=f"block {block}, extents {boxes is not None}")
+    for value in range(1, 9):  # the boxes were narrowed to the cleaned organs: they still hold every voxel
+        inside = np.zeros(labels.shape, bool)
+        inside[extents.box(value, margin=0)] = True
+        assert not ((expected == value) & ~inside).any(), value
+    liver_box = extents.box(5, margin=0)
+    assert liver_box[0].start > 0  # no longer reaching the corner island
 
 
 def test_equal_components_the_first_in_raster_order_is_kept():

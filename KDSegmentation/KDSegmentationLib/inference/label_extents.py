@@ -69,6 +69,18 @@ class LabelExtents:
             self.include_box(int(value), (first_slice + spans[0][0], spans[1][0], spans[2][0]),
                              (first_slice + spans[0][-1], spans[1][-1], spans[2][-1]))
 
+    def narrow_to(self, value: int, box: Box) -> None:
+        """Record that every voxel of ``value`` now lies inside ``box`` ((z, y, x) slices), e.g. after its
+        islands were removed: its box shrinks to the overlap of both (no box if they do not overlap)."""
+        if not self.contains(value):
+            return
+        lower = np.maximum(self._lower[value], [s.start for s in box])
+        upper = np.minimum(self._upper[value], [s.stop - 1 for s in box])
+        if (lower > upper).any():
+            self._lower[value], self._upper[value] = np.iinfo(np.int64).max, -1
+        else:
+            self._lower[value], self._upper[value] = lower, upper
+
     def contains(self, value: int) -> bool:
         """Whether any voxel of ``value`` was reported."""
         return bool(self._upper[value, 0] >= 0)

@@ -189,7 +189,7 @@ def largest_component_and_fill(labels: np.ndarray, label_values: Iterable[int],
         labels: (Z, Y, X) uint8 label map, modified in place.
         label_values: organ labels to clean, in this order.
         extents: boxes of the labels in ``labels`` (None: each organ's box is found by a
-            whole-map scan).
+            whole-map scan); each cleaned organ's box is narrowed to what is left of it.
         block: (z, y, x) voxels per block of the island search; the result does not depend on it.
 
     Returns:
@@ -217,4 +217,6 @@ def largest_component_and_fill(labels: np.ndarray, label_values: Iterable[int],
         if holes is not None:
             around = labels[hole_box]
             around[holes & (around == 0)] = value
+        if extents is not None:  # the holes lie inside the component's box: so does the organ now
+            extents.narrow_to(value, kept)
     return labels
