@@ -13,7 +13,8 @@ every variant once, so a change in the machine's load hits them all alike):
     libdeflate), SimpleITK's ``ReadImage`` with 1 and 2 threads (which does not check
     the gzip CRC, tested in Testing/Lib/test_nifti_gzip.py; so also with the CRC pass
     it then needs), nibabel with and without ``indexed_gzip``, and the bare decoders
-    (rapidgzip with 1 and 2 threads, indexed_gzip).
+    (rapidgzip with 1 and 2 threads, indexed_gzip); then the peak memory of kdseg's read
+    and of the previous one, each in a fresh process.
 (b) DICOM series: the real 20-slice JPEG 2000 series of ../shared/data and a
     512 x 512 x N uncompressed series written here from the benchmark CT (temporary
     folder): kdseg's ``read_image`` (one pass: slice positions from the tags the series
@@ -285,6 +286,43 @@ def _previous_read_image(path: Path, isal) -> sitk.Image:
         image_files.read_nifti_gz = saved
 
 
+_PEAK_MEMORY_CODE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {benchmarks!r})
+import read_volume
+
+def high_water_kib():  # VmHWM: this process's own peak (ru_maxrss would include the parent's, inherited at fork)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+path = Path({path!r})
+before = high_water_kib()
+image = read_volume.read_image(path) if {kdseg!r} else read_volume._previous_read_image(path, read_volume.optional("isal.igzip"))
+print((high_water_kib() - before) / 1024)
+"""
+
+
+def read_peak_memory(path: Path) -> Dict[str, float]:
+    """Peak RSS growth (MiB, Linux's VmHWM) of one read in a fresh process: kdseg's and the previous one."""
+    import subprocess
+
+    growth: Dict[str, float] = {}
+    if not Path("/proc/self/status").is_file():
+        return growth
+    for name, kdseg in (("kdseg read_image", True), ("previous kdseg read_image", False)):
+        if not kdseg and not optional("isal.igzip"):
+            continue
+        code = _PEAK_MEMORY_CODE.format(benchmarks=str(Path(__file__).resolve().parent), path=str(path), kdseg=kdseg)
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        growth[name] = float(run.stdout.split()[-1])
+    print("  peak memory of one read (RSS growth in a fresh process; the image itself is "
+          f"{sitk.ReadImage(str(path)).GetNumberOfPixels() * 2 / 2**20:.0f} MiB): "
+          + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in growth.items()))
+    return growth
+
+
 def _without_isal(read: Callable[[], object]) -> object:
     with without_module("isal"):
         return read()
@@ -536,6 +574,7 @@ def main() -> int:
         labels = label_map_like(ct)
         del ct
         figures["nifti"] = nifti_part(ct_path, args.repeats)
+        figures["nifti_peak_memory_mib"] = read_peak_memory(ct_path)
         figures["dicom_real_jpeg2000"] = dicom_part(REAL_DICOM, f"real JPEG 2000 series ({REAL_DICOM.name})",
                                                     args.repeats)
         figures["dicom_written"] = dicom_part(tmp_dir / "dicom", "uncompressed series written from the benchmark CT",
