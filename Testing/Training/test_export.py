@@ -44,6 +44,24 @@ def test_folding_removes_batchnorm_and_weight_standardisation(trained_ish_studen
         torch.testing.assert_close(folded(real_slices), trained_ish_student(real_slices), atol=1e-4, rtol=1e-4)
 
 
+def test_batchnorm_encoder_exports_as_plain_convolutions(real_slices, tmp_path):
+    """student-shsa-lite-bn: every encoder norm folds away, so ONNX normalises only in attention."""
+    torch.manual_seed(0)
+    model = create_model("student-shsa-lite-bn", img_size=128).train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial running statistics
+            model(real_slices)
+    model.eval()
+    folded = fold_for_inference(model)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm)) for m in folded.encoder.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(real_slices), model(real_slices), atol=1e-4, rtol=1e-4)
+    graph = onnx.load(str(export_onnx(model, tmp_path / "bn.onnx", img_size=128)))
+    norms = [n.name for n in graph.graph.node if n.op_type in ("BatchNormalization", "InstanceNormalization")]
+    # The single SHSA head's GroupNorm(1) per transformer layer is all that normalises at run time.
+    assert norms and all("/transformer/" in name for name in norms), norms
+
+
 def test_onnx_matches_pytorch_on_real_ct_slices(trained_ish_student, real_slices, tmp_path):
     path = export_onnx(trained_ish_student, tmp_path / "student.onnx", img_size=128)
     graph = onnx.load(str(path))

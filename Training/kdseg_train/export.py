@@ -25,7 +25,7 @@ from KDSegmentationLib.written_file_checks import check_safetensors_complete
 
 from .errors import UsageError
 from .models import TransUNet, TransUNetConfig
-from .models.resnet_v2 import StdConv2d
+from .models.resnet_v2 import Bottleneck, StdConv2d
 
 __all__ = ["fold_for_inference", "export_onnx", "onnx_parity", "ParityReport", "check_onnx_parity",
            "export_safetensors", "load_safetensors_model", "ONNX_INPUT_NAME", "ONNX_OUTPUT_NAME"]
@@ -37,6 +37,11 @@ SAFETENSORS_CONFIG = "config.json"
 SAFETENSORS_FORMAT = "kdseg-transunet-safetensors/1"
 
 
+# (conv, norm) attribute pairs of a Bottleneck: with BatchNorm encoders the norm follows the
+# conv by name rather than by position in an nn.Sequential.
+_BOTTLENECK_CONV_NORM = (("conv1", "gn1"), ("conv2", "gn2"), ("conv3", "gn3"), ("downsample", "gn_proj"))
+
+
 def fold_for_inference(model: nn.Module) -> nn.Module:
     """Return an eval-mode copy with standardised conv weights baked in and Conv+BN fused."""
     folded = copy.deepcopy(model).eval()
@@ -44,7 +49,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, StdConv2d):
                 conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                 child.padding, child.dilation, child.groups, child.bias is not None)
+                                 child.padding, child.dilation, child.groups, child.bias is not None).eval()
                 with torch.no_grad():
                     conv.weight.copy_(child.standardized_weight())
                     if child.bias is not None:
@@ -56,6 +61,12 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
                 if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
                     parent._modules[name_a] = fuse_conv_bn_eval(a, b)
                     parent._modules[name_b] = nn.Identity()
+        if isinstance(parent, Bottleneck):
+            for conv_name, norm_name in _BOTTLENECK_CONV_NORM:
+                conv, norm = getattr(parent, conv_name, None), getattr(parent, norm_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    setattr(parent, conv_name, fuse_conv_bn_eval(conv, norm))
+                    setattr(parent, norm_name, nn.Identity())
     return folded
 
 

@@ -44,7 +44,7 @@ class TransUNet(nn.Module):
         self.num_classes = num_classes
         self.img_size = img_size
         self.in_channels = in_channels
-        self.encoder = ResNetV2(config.cnn_width, config.cnn_units, in_channels=3)
+        self.encoder = ResNetV2(config.cnn_width, config.cnn_units, in_channels=3, norm=config.cnn_norm)
         self.embeddings = HybridEmbedding(self.encoder.out_channels, config.hidden_size, img_size,
                                           config.dropout)
         self.transformer = TransformerEncoder(config)
