@@ -98,6 +98,9 @@ class TrainSection:
     val_every: int = 500
     log_every: int = 1
     sync_batchnorm: bool = True  # DDP on GPUs: BatchNorm statistics over the global batch
+    # After the last step, recompute BatchNorm statistics over the training slices without
+    # augmentation (kdseg_train.batchnorm_recalibration); needs data.augment-able CT slices.
+    recalibrate_batchnorm: bool = False
     tensorboard: bool = True
     figures: bool = True
 

@@ -557,6 +557,8 @@ class Trainer:
         from .export import export_safetensors
 
         final = self.out / "final"
+        if self.config["train"].get("recalibrate_batchnorm") and self._recalibrate_batchnorm():
+            last_val = None  # the statistics changed: validate the network that is saved
         cpu_seconds = self.ctx.sum(time.process_time() - started_cpu)
         if self.ctx.is_main:
             wall = self._wall_before + time.time() - started_wall
@@ -580,6 +582,20 @@ class Trainer:
                 self._write_figures(summary.get("validation"))
         self.ctx.barrier()
         return final
+
+    def _recalibrate_batchnorm(self) -> int:
+        """Exact BatchNorm statistics over the un-augmented training slices (every rank, same data)."""
+        from .batchnorm_recalibration import batchnorm_layers, recalibrate_batchnorm
+
+        if not batchnorm_layers(self.model):
+            return 0
+        data_cfg = dict(self.config["data"], augment=False)
+        clean = build_training_dataset(data_cfg, self.img_size, self.num_classes, self.seed, grid=self.grid)
+        loader = DataLoader(clean, batch_size=int(data_cfg["batch_size"]), shuffle=False, num_workers=0)
+        images = (batch[0].to(self.device, non_blocking=True) for batch in loader)
+        seen = recalibrate_batchnorm(self.model, images)
+        _log.info("BatchNorm statistics recomputed over %d un-augmented training slices", seen)
+        return seen
 
     def _write_figures(self, validation: Optional[Dict[str, Any]]) -> None:
         from .plots import plot_losses, plot_validation_curve, plot_validation_dice, save_overlay
