@@ -131,3 +131,8 @@ def test_runs_are_not_overwritten_or_resumed_with_another_config(tmp_path, share
     assert "optim.lr: 0.05 -> 0.1" in capsys.readouterr().err
     # a finished run resumed again just re-writes final/ from its last checkpoint
     assert kdseg_train(["train", str(cfg), "--resume", "--set", "data.num_workers=1"]) == 0
+    # validation cases only change what is measured: free on resume, unlike the training data
+    assert kdseg_train(["train", str(cfg), "--resume", "--set", "data.val=[]"]) == 0
+    capsys.readouterr()
+    assert kdseg_train(["train", str(cfg), "--resume", "--set", "data.batch_size=3"]) == 2
+    assert "data.batch_size:" in capsys.readouterr().err

@@ -50,7 +50,8 @@ _log = logging.getLogger("kdseg_train")
 
 # Config sections that must not change between a run and its resume.
 _FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill")
-_FREE_DATA_KEYS = ("num_workers",)
+# Free on resume: loader workers, and the validation cases (they change what is measured, never the weights).
+_FREE_DATA_KEYS = ("num_workers", "val")
 SAMPLINGS = ("uniform", "class_balanced")
 # distill keys that configure where the teacher's signal comes from, not a loss term.
 _DISTILL_SETTINGS = ("teacher", "logit_cache")
