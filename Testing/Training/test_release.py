@@ -63,6 +63,9 @@ def test_export_writes_a_release_the_lib_loads_and_segments_real_ct(tmp_path, sh
     assert [d["name"] for d in card["training"]["data"]["train"]] == ["sm"]
     summary = card["metrics"]["evaluation"]["summary"]
     assert set(summary) == {"transunet", "physical"} and "liver" in summary["transunet"]["organs"]
+    mean_row = [line for line in (release / "tiny-release-test.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith("| **mean** |")]
+    assert len(mean_row) == 1 and f"**{summary['physical']['mean']['dice']['mean']:.3f}" in mean_row[0], mean_row
 
     from KDSegmentationLib.inference.pipeline import Segmenter, segment_image
 

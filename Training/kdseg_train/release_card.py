@@ -16,9 +16,12 @@ __all__ = ["render_model_card"]
 
 
 def _stat(stats: Dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
-    if not stats or not stats.get("n") or stats.get("mean") is None:
+    # Per-organ entries count cases ("n", "std"); the summary's mean row counts organs
+    # ("n_organs", "std_over_cases" of the per-case means).
+    n = stats.get("n", stats.get("n_organs")) if stats else None
+    if not n or stats.get("mean") is None:
         return "n/a"
-    std = stats.get("std")
+    std = stats.get("std", stats.get("std_over_cases"))
     return f"{stats['mean'] * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std is not None else "")
 
 
