@@ -1,7 +1,7 @@
 """CPU latency of the teacher vs each student per slice, PyTorch and ONNX Runtime, in one run.
 
     python benchmarks/models.py [--img-size 128] [--repeats 5] [--batches 1 8] [--threads 2]
-                                [--models teacher-r50-b16 student-shsa-lite student-shsa student-mhsa] [--json out.json]
+                                [--models teacher-r50-b16 student-shsa-lite-bn ...] [--json out.json]
 
 For every model: parameters, MACs (torch.utils.flop_counter / 2), median latency per slice
 at each batch size in PyTorch (eval, inference_mode, the unfolded training module) and in
@@ -59,7 +59,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["teacher-r50-b16", "student-shsa-lite", "student-shsa", "student-mhsa"],
+    parser.add_argument("--models", nargs="+", default=["teacher-r50-b16", "student-shsa-lite-bn", "student-shsa-lite", "student-shsa", "student-mhsa"],
                         help="the first one is the reference the ratios divide by")
     parser.add_argument("--img-size", type=int, default=IMG, help="square input size S")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])

@@ -116,7 +116,7 @@ MODEL_CONFIGS: Dict[str, TransUNetConfig] = {
             name="student-shsa-lite",
             attention="shsa",
             description="student-shsa with a half-width decoder (head 64, decoder 64-32-16-16): the decoder is 70 % "
-                        "of student-shsa's MACs at 128x128; >= 10x faster than the teacher there (benchmarks/models.py)",
+                        "of student-shsa's MACs at 128x128; 9.35-10.7x faster than the teacher there (benchmarks/models.py)",
             **dict(_STUDENT_COMMON, head_channels=64, decoder_channels=(64, 32, 16, 16)),  # type: ignore[arg-type]
         ),
         TransUNetConfig(
