@@ -137,6 +137,9 @@ def main() -> int:
         seconds = time_models(models, batches, card.input.input_name, args.threads, args.repeats)
         figures: Dict[str, object] = {"model": card.id, "ms_per_slice": {k: 1e3 * v for k, v in seconds.items()},
                                       "mb": {k: p.stat().st_size / 1e6 for k, p in models.items()}}
+        figures["int8_static_qdq_sha256"] = sha256_of(quantised["int8 static QDQ"])
+        print(f"int8 static QDQ SHA-256 {figures['int8_static_qdq_sha256']} (the same procedure as kdseg-train "
+              "quantise: compare with the bundled int8 entry)")
         print(f"\nms per slice (median of {args.repeats} interleaved repeats) and speed-up over fp32:")
         for name, value in seconds.items():
             print(f"  {name:<18} {1e3 * value:8.2f} ms  {seconds['fp32'] / value:5.2f}x  "

@@ -50,3 +50,42 @@ def test_validated_structures_follow_the_card_metrics():
     assert card.validated_structures() == [name for name in organs if organs[name]["dice"]["mean"] >= 0.5]
     assert card.validated_structures(min_dice=1.01) == []
     assert replace(card, metrics={}).validated_structures() == []
+
+
+# --- the bundled int8 copy of the default model ----------------------------------------
+
+INT8_ID = "kdseg-student-v2-demo-int8"
+INT8_MIN_ORGAN_DICE = 0.97
+"""Per-organ Dice of the int8 label map against fp32's on the sample CT (measured 0.987-0.997, this CPU).
+
+The int8 model's stated tolerance (README). Its weights are in 7-bit range, so CPUs without VNNI
+cannot saturate its uint8 x int8 products either (not measurable on this VNNI machine)."""
+
+
+def test_models_command_lists_fp32_default_and_its_int8_copy(capsys):
+    registry = load_registry()
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert f"{registry.default_model_id} (default):" in out and f"{INT8_ID}: " in out
+    int8 = registry.get(INT8_ID)
+    record = int8.training["quantisation"]
+    assert record["source_model"] == registry.default_model_id != INT8_ID
+    assert record["source_sha256"] == registry.get().sha256  # quantised from the shipped fp32 file
+    assert int8.size_bytes < registry.get().size_bytes / 3
+
+
+def test_int8_model_segments_the_sample_like_fp32(tmp_path, capsys):
+    labels = {}
+    for model in (None, INT8_ID):
+        out = tmp_path / f"{model or 'fp32'}.nii.gz"
+        args = ["segment", "--sample", "-o", str(out), "--device", "cpu", "--no-progress"]
+        assert main(args + (["--model", model] if model else [])) == 0, capsys.readouterr().err
+        labels[model or "fp32"] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert f"with {INT8_ID} on CPU" in capsys.readouterr().out
+    fp32, int8 = labels["fp32"], labels[INT8_ID]
+    found = [value for value in range(1, 9) if (fp32 == value).any()]
+    assert len(found) == 8  # the sample is a training patient: fp32 finds all eight organs
+    for value in found:
+        a, b = fp32 == value, int8 == value
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice >= INT8_MIN_ORGAN_DICE, (value, dice)

@@ -4,7 +4,8 @@
 
 ONNX Runtime's own tooling does the quantisation (``quant_pre_process``, then
 ``quantize_static`` in QDQ format: per-channel symmetric int8 weights, uint8 activations
-with MinMax ranges). The calibration data is exactly what the pipeline feeds the network:
+with MinMax ranges; weights in 7-bit range so that CPUs without VNNI give the same result).
+The calibration data is exactly what the pipeline feeds the network:
 ``segment_image`` runs on the config's *training* cases (each cropped to its slice band,
 so no validation slice sets a range) with an engine that records its input batches, so
 resize and physical-size models are handled alike.
@@ -36,7 +37,8 @@ __all__ = ["RecordingEngine", "calibration_batches", "calibration_images", "quan
            "write_quantised_entry", "is_qdq_model", "case_mean_dice", "dice_comparison", "QUANTISATION_METHOD"]
 
 QUANTISATION_METHOD = ("ONNX Runtime static quantisation (quant_pre_process + quantize_static), QDQ format, "
-                       "per-channel symmetric int8 weights, uint8 activations, MinMax calibration")
+                       "per-channel symmetric int8 weights in 7-bit range (reduce_range: no uint8 x int8 "
+                       "saturation on CPUs without VNNI), uint8 activations, MinMax calibration")
 
 
 class RecordingEngine:
@@ -106,8 +108,11 @@ def quantise_static(fp32: Path, batches: Sequence[np.ndarray], target: Path, inp
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         staged = Path(tmp) / "int8.onnx"
+        # reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2, early AVX-512) multiply uint8 x int8
+        # pairs with VPMADDUBSW, whose 16-bit sums saturate for full-range weights (2 x 255 x 127 > 32767):
+        # the same file would segment differently there. 2 x 255 x 63 fits, on every CPU.
         quantize_static(str(prepared), str(staged), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(staged, target)
     return Path(target)
