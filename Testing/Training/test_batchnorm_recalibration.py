@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,7 @@ def test_training_ends_with_the_statistics_of_the_clean_training_slices(shared_d
                         amp=False)
     cfg["output"] = str(tmp_path / "run")
     final = Trainer(cfg).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
 
     # The last checkpoint holds the network before recalibration; redo it by hand.
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
@@ -68,6 +70,7 @@ def test_training_ends_with_the_statistics_of_the_clean_training_slices(shared_d
     clean = build_training_dataset(dict(cfg["data"], augment=False), 32, 9, cfg["train"]["seed"],
                                    grid=model_grid(cfg["model"]))
     images = torch.stack([clean[i][0] for i in range(len(clean))])
+    assert summary["batchnorm_recalibration_slices"] == len(images)
     recalibrate_batchnorm(model, (images[i:i + 2] for i in range(0, len(images), 2)))
 
     saved = batchnorm_layers(load_safetensors_model(final))

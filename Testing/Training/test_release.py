@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -90,3 +91,21 @@ def test_export_writes_a_release_the_lib_loads_and_segments_real_ct(tmp_path, sh
     data = json.loads((release / "registry.json").read_text(encoding="utf-8"))
     assert [m["id"] for m in data["models"]] == ["tiny-release-test", "tiny-second"]
     assert data["default_model_id"] == "tiny-release-test" and data["models"][1]["file"] == "tiny-second.onnx"
+
+
+def test_bundled_model_card_is_the_rendering_of_its_registry_entry():
+    """Resources/Models/<id>.md is generated from registry.json (tables, comparisons, latency, compute)."""
+    from KDSegmentationLib.weights.model_registry import load_registry
+    from kdseg_train.release_card import render_model_card
+
+    models = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    registry = load_registry(models / "registry.json")
+    card = registry.get()
+    text = render_model_card(card)
+    assert (models / f"{card.id}.md").read_text(encoding="utf-8") == text
+    comparisons = card.metrics.get("comparisons") or {}
+    assert comparisons and "## Comparison" in text and "## Compute of the related runs" in text
+    mean_row = next(line for line in text.splitlines() if line.startswith("| **mean** | **") and "organs)" in line)
+    for summary in comparisons.values():
+        assert f"**{summary['physical']['mean']['dice']['mean']:.3f}**" in mean_row
+    assert "not stated" not in text.split("## Training data", 1)[1].split("##", 1)[0]  # data licences are given

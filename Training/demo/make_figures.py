@@ -46,6 +46,10 @@ def overlay(output: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4.4))
     ax.imshow(image[z], cmap="gray", vmin=0, vmax=1)
     ax.imshow(colours[labels[z]])
+    for organ in SYNAPSE_ORGANS:  # outlines: neighbouring organs of similar terminology colours stay apart
+        mask = labels[z] == organ.index
+        if mask.any():
+            ax.contour(mask.astype(float), levels=[0.5], colors=[np.array(organ.color) / 255 * 0.6], linewidths=0.8)
     present = [o for o in SYNAPSE_ORGANS if (labels[z] == o.index).any()]
     for organ in present:
         ax.plot([], [], "s", color=np.array(organ.color) / 255, label=organ.display_name)
@@ -114,7 +118,7 @@ def dice_chart(runs: Path, models: Dict[str, str], title: str, output: Path) -> 
     summaries = _summaries(runs, models)
     organs = [o.name for o in SYNAPSE_ORGANS
               if any(o.name in s["transunet"]["organs"] for s in summaries.values())]
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(10.5, 3.6))
     width = 0.8 / max(1, len(summaries))
     for i, (label, summary) in enumerate(summaries.items()):
         per_organ = summary["transunet"]["organs"]
@@ -125,7 +129,7 @@ def dice_chart(runs: Path, models: Dict[str, str], title: str, output: Path) -> 
     ax.set_ylim(0, 1)
     ax.set_ylabel("Dice")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside the bars
     fig.tight_layout()
     fig.savefig(output, dpi=130)
     plt.close(fig)

@@ -79,7 +79,9 @@ stage_ship() {
   done
   kdseg-train export "$C/$SHIP.yaml" --run "$RUNS/$SHIP" --release Resources/Models \
       --evaluation "$RUNS/eval/$SHIP/evaluation.json" --compare "${compare[@]}" \
-      --metrics-json "$RUNS/latency.json"
+      --metrics-json "$RUNS/latency.json" \
+      --data-licence "TotalSegmentator example CT and DICOM example (training): CC BY 4.0, Wasserthal et al. 2023" \
+      --data-licence "dcmqi 3-slice CT (validation only): BSD-3-Clause"
   python Training/demo/make_figures.py "$RUNS" Resources/Screenshots "$SHIP"
 }
 

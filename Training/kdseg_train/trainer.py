@@ -558,7 +558,8 @@ class Trainer:
         from .export import export_safetensors
 
         final = self.out / "final"
-        if self.config["train"].get("recalibrate_batchnorm") and self._recalibrate_batchnorm():
+        recalibrated = self._recalibrate_batchnorm() if self.config["train"].get("recalibrate_batchnorm") else 0
+        if recalibrated:
             last_val = None  # the statistics changed: validate the network that is saved
         cpu_seconds = self.ctx.sum(time.process_time() - started_cpu)
         if self.ctx.is_main:
@@ -571,6 +572,8 @@ class Trainer:
                 "wall_hours": wall / 3600.0, "cpu_hours": (self._cpu_before + cpu_seconds) / 3600.0,
                 "train_slices": len(self.dataset), "final": str(final),
             }
+            if recalibrated:
+                summary["batchnorm_recalibration_slices"] = recalibrated
             if last_val is None and self.val_cases:
                 last_val = self.validate()
             if last_val is not None:
@@ -595,7 +598,9 @@ class Trainer:
         loader = DataLoader(clean, batch_size=int(data_cfg["batch_size"]), shuffle=False, num_workers=0)
         images = (batch[0].to(self.device, non_blocking=True) for batch in loader)
         seen = recalibrate_batchnorm(self.model, images)
-        _log.info("BatchNorm statistics recomputed over %d un-augmented training slices", seen)
+        if self.ctx.is_main:
+            print(f"BatchNorm statistics recomputed over {seen} un-augmented training slices "
+                  "(train.recalibrate_batchnorm)", flush=True)
         return seen
 
     def _write_figures(self, validation: Optional[Dict[str, Any]]) -> None:
