@@ -241,11 +241,14 @@ def thread_policy_comparison(source: Path, directory: Path, registry: Optional[P
         states[state] = {
             "load_before": before, "load_after": after,
             "kdseg": {policy: {"wall_to_file_s": float(np.median([r["wall_to_file_s"] for r in rs])),
+                               "wall_runs_s": [r["wall_to_file_s"] for r in rs],
+                               "infer_runs_s": [r["stages_s"]["infer"] for r in rs],
                                "infer_s": float(np.median([r["stages_s"]["infer"] for r in rs])),
                                "cpu_s": float(np.median([r["cpu_s"] for r in rs])),
                                "auto_chose": sorted({str(r["thread_spinning"].get("spinning")) for r in rs}),
                                "reason": rs[-1]["thread_spinning"].get("reason")} for policy, rs in runs.items()},
-            "batch8_ms_per_slice": {name: 1e3 * float(np.median(v)) for name, v in per_slice.items()}}
+            "batch8_ms_per_slice": {name: 1e3 * float(np.median(v)) for name, v in per_slice.items()},
+            "batch8_ms_per_slice_runs": {name: [1e3 * t for t in v] for name, v in per_slice.items()}}
     return states
 
 
@@ -256,14 +259,18 @@ def print_thread_policy(states: Dict[str, object], img_size: int) -> None:
         print(f"  machine {state}: other processes' busy cores {before['busy_cores_other']:.2f} before / "
               f"{after['busy_cores_other']:.2f} after, 1-min load average {before['loadavg_1min']:.2f} / "
               f"{after['loadavg_1min']:.2f}")
-        print(f"    {'kdseg --thread-spinning':<30}{'wall to file':>14}{'infer':>9}{'CPU s':>8}  spinning")
+        print(f"    {'kdseg --thread-spinning':<30}{'wall to file (min-max)':>24}{'infer (min-max)':>20}"
+              f"{'CPU s':>8}  spinning")
         for policy, run in figures["kdseg"].items():
-            print(f"    {policy:<30}{run['wall_to_file_s']:>12.2f} s{run['infer_s']:>7.2f} s{run['cpu_s']:>8.2f}  "
+            walls, infers = run["wall_runs_s"], run["infer_runs_s"]
+            print(f"    {policy:<30}{run['wall_to_file_s']:>9.2f} s ({min(walls):.2f}-{max(walls):.2f})"
+                  f"{run['infer_s']:>7.2f} s ({min(infers):.2f}-{max(infers):.2f}){run['cpu_s']:>8.2f}  "
                   f"{'/'.join(run['auto_chose'])}")
         print(f"      (auto: {figures['kdseg']['auto']['reason']})")
-        print(f"    {'session variant':<30}{'ms per ' + str(img_size) + 'x' + str(img_size) + ' slice, batch 8':>30}")
+        print(f"    {'session variant':<30}ms per {img_size}x{img_size} slice, batch 8: median (min-max)")
         for name, ms in figures["batch8_ms_per_slice"].items():
-            print(f"    {name:<30}{ms:>12.2f}")
+            runs = figures["batch8_ms_per_slice_runs"][name]
+            print(f"    {name:<30}{ms:>8.2f} ({min(runs):.2f}-{max(runs):.2f})")
 
 
 def network_cpu_seconds(onnx: Path, img_size: int, slices: int, batch_size: int, threads: Optional[int]) -> float:

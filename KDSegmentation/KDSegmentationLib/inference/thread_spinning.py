@@ -1,11 +1,12 @@
 """Whether ONNX Runtime's intra-op threads spin (busy-wait) between work items or sleep.
 
 Spinning saves the wake-up of a sleeping thread at every parallel section of a run (a
-convolution, a matrix product, ...): on an otherwise idle 2-core machine it ran the
-student faster. But a spinning thread burns its time slice while it waits, so on a
-machine whose cores are also wanted by other processes the same segmentation ran
-1.4-4x slower. ``benchmarks/segment_volume.py`` measures both machine states (idle and
-with CPU-bound processes next to it) side by side.
+convolution, a matrix product, ...). ``benchmarks/segment_volume.py`` compares both on
+an idle machine and with CPU-bound processes next to it, in one run: on the idle 2-core
+development machine spinning ran batches of 8 slices (kdseg's default) 14-26% faster
+(batch 4: slower, twice), while two busy processes made the whole ``kdseg segment`` run 30% slower
+with spinning threads (2.68 against 2.06 s; inference 1.26 against 0.88 s): a spinning
+thread burns the time slice that the thread it waits for needs.
 
 So the engine's default policy, ``"auto"``, measures at session creation how many cores
 other processes keep busy and lets threads spin only when every inference thread can
@@ -15,13 +16,15 @@ between batches. ``"on"`` and ``"off"`` force the choice (``kdseg segment --thre
 
 How busy the machine is, by platform (the first that answers):
 
-1. Linux: ``/proc/stat`` (the cores this process may run on) sampled over a tenth of a
-   second, minus this process's own CPU time in that interval (its other threads are
+1. Linux: ``/proc/stat`` (the cores this process may run on) sampled over 50 ms, minus
+   this process's own CPU time in that interval (its other threads are
    reading the CT meanwhile).
 2. Windows: ``GetSystemTimes`` over the same interval, minus this process's own CPU time.
 3. macOS and other Unix: the 1-minute load average (``os.getloadavg``).
 
-If none answers, threads sleep: the choice that never hurts much.
+If none answers, threads sleep: the choice that never hurts much. On an oversubscribed
+machine the counters cannot exceed the cores, so the reading is a lower bound of the other
+processes' demand; it is still above the threshold whenever they keep a core busy.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ __all__ = ["SPINNING_POLICIES", "SpinningChoice", "LoadReading", "CpuTimes", "pr
            "windows_cpu_times", "measure_other_load", "choose_spinning"]
 
 SPINNING_POLICIES = ("auto", "on", "off")
-PROBE_SECONDS = 0.1
-"""How long the CPU counters are sampled (hidden behind the CT read in ``kdseg segment``)."""
+PROBE_SECONDS = 0.05
+"""How long the CPU counters are sampled: 5 clock ticks per core on Linux, enough to tell a free core
+from a busy one; spent on the model-loading thread while the CT is read (``kdseg segment``)."""
 SPARE_CORE_MARGIN = 0.5
 """Busy cores other processes may use beyond what the inference threads leave free (noise, daemons)."""
 
