@@ -16,7 +16,8 @@ batches, repeats interleaved. Accuracy: ``kdseg-train evaluate``'s evaluation (t
 Lib's pipeline, the config's validation cases) of the fp32 and the int8 model, mean Dice
 over organs (TransUNet protocol) side by side. The project ships int8 only if it is at
 least 1.5x faster and its mean Dice is within 0.5 points (0.005) of fp32; the script
-prints that verdict. ``--write DIR`` writes the int8 ONNX and a registry entry there.
+prints that verdict. ``--write DIR`` writes the int8 ONNX and a bare registry entry there
+(for trying it; ``kdseg-train quantise`` writes the shippable entry with its own card).
 Prints figures; asserts nothing.
 """
 
