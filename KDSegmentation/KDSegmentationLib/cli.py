@@ -294,12 +294,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
               "(see Training/README.md) and pass its registry with --registry.")
         return EXIT_OK
     print(f"Models in {registry.path}:")
-    for card in registry.models.values():
+    default_id = registry.default_model_id or registry.ids()[0]
+    # The default first (as in the Slicer module's list), the others in registry order.
+    for card in sorted(registry.models.values(), key=lambda card: card.id != default_id):
         if is_available_offline(card, registry.directory):
             offline = "available offline"
         else:
             offline = f"needs download ({card.size_bytes / 1e6:.1f} MB: kdseg download {card.id})"
-        default = " (default)" if card.id == (registry.default_model_id or registry.ids()[0]) else ""
+        default = " (default)" if card.id == default_id else ""
         print(f"{card.id}{default}: {card.title} v{card.version} - {offline}")
         print(f"    {card.description}")
         print(f"    structures: {', '.join(l.name for l in card.foreground_labels())}")

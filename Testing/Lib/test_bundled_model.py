@@ -67,6 +67,7 @@ def test_models_command_lists_fp32_default_and_its_int8_copy(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert f"{registry.default_model_id} (default):" in out and f"{INT8_ID}: " in out
+    assert out.index(f"{registry.default_model_id} (default):") < out.index(f"{INT8_ID}: ")  # default first
     int8 = registry.get(INT8_ID)
     record = int8.training["quantisation"]
     assert record["source_model"] == registry.default_model_id != INT8_ID

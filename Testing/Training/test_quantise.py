@@ -117,3 +117,18 @@ def test_an_entry_whose_file_does_not_match_is_refused(tmp_path, plumbing_regist
     with pytest.raises(UsageError, match="does not match the card's SHA-256"):
         write_quantised_entry(tmp_path, card)
     assert not (tmp_path / "registry.json").exists()
+
+
+def test_every_bundled_card_markdown_is_the_rendering_of_its_entry():
+    """Resources/Models/<id>.md of each bundled model, the int8 copy included, comes from registry.json."""
+    from pathlib import Path
+
+    from kdseg_train.release_card import render_model_card
+
+    models = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    registry = load_registry(models / "registry.json")
+    assert len(registry.ids()) >= 2  # fp32 and its int8 copy
+    for card in registry.models.values():
+        assert (models / f"{card.id}.md").read_text(encoding="utf-8") == render_model_card(card), card.id
+    int8 = next(card for card in registry.models.values() if "quantisation" in card.training)
+    assert "## Quantisation" in render_model_card(int8)
