@@ -69,6 +69,25 @@ def test_scaled_values_are_left_to_itk(shared_data, tmp_path):
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * 2 - 10)
 
 
+@pytest.mark.parametrize("vox_offset", [float("nan"), float("inf"), -4.0])
+def test_damaged_vox_offset_is_refused_in_one_sentence(shared_data, tmp_path, vox_offset):
+    """No byte offset (NaN, infinite, negative): the fast path steps aside, the reader names the field."""
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    odd = tmp_path / "odd_offset.nii.gz"
+    _rewrite_header(source, odd, vox_offset=(108, vox_offset))
+    assert read_nifti_gz(odd) is None
+    with pytest.raises(InputImageError, match="vox_offset"):
+        read_image(odd)
+
+
+def test_fractional_vox_offset_is_left_to_itk(shared_data, tmp_path):
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    odd = tmp_path / "odd_offset.nii.gz"
+    _rewrite_header(source, odd, vox_offset=(108, 352.5))
+    assert read_nifti_gz(odd) is None
+    assert_same_image(read_image(odd), sitk.ReadImage(str(odd)), "vox_offset 352.5")
+
+
 @pytest.mark.parametrize("inflate", ["isal", "standard library"])
 def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path, monkeypatch, inflate):
     if inflate == "standard library":

@@ -85,6 +85,26 @@ def test_quantise_writes_nothing_when_a_case_loses_too_much(tmp_path, shared_dat
     assert plumbing_registry.read_text(encoding="utf-8") == registry_text
 
 
+def test_quantise_refuses_a_file_name_another_entry_uses_before_touching_it(tmp_path, shared_data,
+                                                                         plumbing_registry, capsys):
+    import dataclasses
+    import shutil
+
+    from KDSegmentationLib.weights.model_registry import write_registry
+
+    config = _config(tmp_path, shared_data)
+    release = plumbing_registry.parent
+    fp32 = load_registry(plumbing_registry).get("plumbing")
+    shutil.copyfile(release / fp32.file, release / "plumbing-int8.onnx")  # another entry's weights
+    other = dataclasses.replace(fp32, id="other", file="plumbing-int8.onnx")
+    write_registry(plumbing_registry, [fp32, other], "plumbing")
+    digest = sha256_of(release / "plumbing-int8.onnx")
+    assert kdseg_train(["quantise", str(config), "--model", str(plumbing_registry), "--release", str(release)]) == 2
+    assert "already the file of entry other" in capsys.readouterr().err
+    assert sha256_of(release / "plumbing-int8.onnx") == digest
+    assert load_registry(plumbing_registry).ids() == ["plumbing", "other"]
+
+
 def test_calibration_uses_only_file_based_training_bands(shared_data):
     ts = shared_data / "ct" / "totalsegmentator_example"
     entry = {"name": "band", "image": str(ts / "example_ct_sm.nii.gz"), "label": str(ts / "example_seg.nii.gz"),

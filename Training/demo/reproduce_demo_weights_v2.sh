@@ -13,7 +13,7 @@
 #   nokd      no-KD student (full data), no-KD student (LOPO), today's v1 recipe on the LOPO split.
 #   evaluate  export every finished run and score it through the Lib's ONNX pipeline.
 #   ship      write the chosen student (SHIP=student_distill_v2 or student_nokd_v2) and its card into
-#             Resources/Models, and the README figures.
+#             Resources/Models, the README figures, and its int8 copy (kdseg-train quantise).
 # Every training command resumes from its last checkpoint when rerun (finished runs are skipped).
 set -euo pipefail
 RUNS=${RUNS:-runs}
@@ -83,6 +83,8 @@ stage_ship() {
       --data-licence "TotalSegmentator example CT and DICOM example (training): CC BY 4.0, Wasserthal et al. 2023" \
       --data-licence "dcmqi 3-slice CT (validation only): BSD-3-Clause"
   python Training/demo/make_figures.py "$RUNS" Resources/Screenshots "$SHIP"
+  # The bundled int8 copy must be re-made from the new fp32 file (its card records the source SHA-256).
+  kdseg-train quantise "$C/$SHIP.yaml" --model Resources/Models/registry.json --release Resources/Models
 }
 
 case "$STAGE" in

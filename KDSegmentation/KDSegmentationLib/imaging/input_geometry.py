@@ -170,7 +170,8 @@ def check_nifti_header(path: Path, stored_bytes: Optional[int] = None) -> None:
             right for an uncompressed .nii).
 
     Raises:
-        InputImageError: a bad spatial pixdim, or fewer voxel bytes than the header needs.
+        InputImageError: a bad spatial pixdim, a vox_offset that is no byte offset (NaN,
+            infinite, negative), or fewer voxel bytes than the header needs.
     """
     if not path.name.lower().endswith(_NIFTI_SUFFIXES):
         return
@@ -187,6 +188,10 @@ def check_nifti_header(path: Path, stored_bytes: Optional[int] = None) -> None:
                 f"{path} has NIfTI pixdim[{axis}] = {value:g} ({_AXES[axis - 1]} voxel spacing): not a positive "
                 "number, so ITK would assume 1 mm and positions and volumes would be wrong.",
                 "Fix the voxel spacing in the NIfTI header (or re-export the CT from its source).")
+    if not math.isfinite(header.data_offset) or header.data_offset < 0:
+        raise InputImageError(
+            f"{path} has NIfTI vox_offset = {header.data_offset:g}: not a byte offset, so where its voxels start "
+            "is unknown.", "The header is damaged: re-export the CT from its source (or copy it again).")
     rank = max(0, min(dims[0], 7))
     needed = int(header.data_offset) + int(np.prod([max(d, 1) for d in dims[1:rank + 1]])) * header.bits_per_voxel // 8
     if stored_bytes is None and not path.name.lower().endswith(".gz"):

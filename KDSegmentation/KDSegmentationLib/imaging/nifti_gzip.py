@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import gzip
+import math
 import struct
 import sys
 import zlib
@@ -148,7 +149,7 @@ def _plain_nifti1_layout(header: bytes, size: Sequence[int]) -> Optional[Tuple[n
     dtype = _NIFTI_DTYPES.get(datatype)
     if dtype is None or dim[0] != 3 or tuple(dim[1:4]) != tuple(size):
         return None
-    if slope not in (0.0, 1.0) or intercept != 0.0 or vox_offset != int(vox_offset):
+    if not math.isfinite(vox_offset) or slope not in (0.0, 1.0) or intercept != 0.0 or vox_offset != int(vox_offset):
         return None  # ITK rescales (and may change the voxel type): leave it to ITK
     if int(vox_offset) < _NIFTI1_HEADER_BYTES:
         return None

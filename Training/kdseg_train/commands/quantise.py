@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     if int8_id == base.id:
         raise UsageError(f"--int8-id must differ from the fp32 model's id {base.id!r}")
     release = Path(args.release or Path(config["output"]) / "int8_release")
+    _refuse_file_of_another_entry(release, int8_id, f"{int8_id}.onnx")  # before hours of work, not after
     reports = Path(args.output or Path(config["output"]) / f"evaluation_{int8_id}")
     extra = {}
     if args.metrics_json:
@@ -73,7 +74,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"mean Dice per validation case (fp32 -> int8), reports in {reports}:")
         for name, row in comparison.items():
             print(f"  {name:<24} {row['fp32']:.4f} -> {row['int8']:.4f} ({row['points']:+.2f} points)")
-        worst = min((row["points"] for row in comparison.values() if not math.isnan(row["points"])), default=0.0)
+        scored = [row["points"] for row in comparison.values() if not math.isnan(row["points"])]
+        if not scored:
+            raise UsageError("no validation case scored an organ, so the int8 model cannot be checked against "
+                             "fp32; nothing was written. Give data.val cases with labels")
+        worst = min(scored)
         if worst < -args.max_dice_loss:
             raise UsageError(f"the int8 model loses {-worst:.2f} Dice points on a validation case (allowed: "
                              f"{args.max_dice_loss}); nothing was written. Calibrate on more data or keep fp32")
@@ -81,13 +86,30 @@ def _run(args: argparse.Namespace) -> int:
                                     "max_loss_points_allowed": args.max_dice_loss}
         release.mkdir(parents=True, exist_ok=True)
         target = release / f"{int8_id}.onnx"
-        target.write_bytes(staged.read_bytes())
+        _refuse_file_of_another_entry(release, int8_id, target.name)  # before anything in the release changes
+        from KDSegmentationLib.atomic_files import atomic_file
+
+        with atomic_file(target, keep_suffix=True) as tmp_target:
+            tmp_target.write_bytes(staged.read_bytes())
     card = quantised_card(base, target, int8_id, int8_report, quantisation, extra)
     registry_path = write_quantised_entry(release, card)
     print(f"int8 entry {int8_id} written: {registry_path} ({card.size_bytes / 1e6:.1f} MB, fp32 "
           f"{base.size_bytes / 1e6:.1f} MB); model card {release / (int8_id + '.md')}")
     print(f"try it: kdseg --registry {registry_path} segment CT.nii.gz -o seg.nii.gz --model {int8_id}")
     return 0
+
+
+def _refuse_file_of_another_entry(release: Path, int8_id: str, file_name: str) -> None:
+    """UsageError when another entry of ``release``'s registry already uses ``file_name``."""
+    registry_path = release / "registry.json"
+    if not registry_path.is_file():
+        return
+    from KDSegmentationLib.weights.model_registry import load_registry
+
+    for other in load_registry(registry_path).models.values():
+        if other.id != int8_id and other.file == file_name:
+            raise UsageError(f"{file_name} is already the file of entry {other.id} in {registry_path}; choose "
+                             "another --int8-id. Nothing was written")
 
 
 def _command_line(args: argparse.Namespace) -> str:
