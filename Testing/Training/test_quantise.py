@@ -105,6 +105,20 @@ def test_quantise_refuses_a_file_name_another_entry_uses_before_touching_it(tmp_
     assert load_registry(plumbing_registry).ids() == ["plumbing", "other"]
 
 
+def test_quantise_refuses_when_no_validation_case_scores_an_organ(tmp_path, shared_data, plumbing_registry, capsys,
+                                                                 monkeypatch):
+    # Both models evaluated, but no case scored an organ (every declared organ absent from its reference
+    # and from both predictions): nothing shows the int8 model is as good, so nothing is written.
+    monkeypatch.setattr("kdseg_train.quantisation.dice_comparison",
+                        lambda fp32, int8: {"val_band": {"fp32": math.nan, "int8": math.nan, "points": math.nan}})
+    config = _config(tmp_path, shared_data)
+    before = sorted(p.name for p in plumbing_registry.parent.iterdir())
+    assert kdseg_train(["quantise", str(config), "--model", str(plumbing_registry), "--release",
+                        str(plumbing_registry.parent)]) == 2
+    assert "no validation case scored an organ" in capsys.readouterr().err
+    assert sorted(p.name for p in plumbing_registry.parent.iterdir()) == before
+
+
 def test_calibration_uses_only_file_based_training_bands(shared_data):
     ts = shared_data / "ct" / "totalsegmentator_example"
     entry = {"name": "band", "image": str(ts / "example_ct_sm.nii.gz"), "label": str(ts / "example_seg.nii.gz"),
