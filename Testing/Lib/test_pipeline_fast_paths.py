@@ -205,13 +205,19 @@ def test_argmax_extents_hold_every_label_of_real_organ_maps(shared_data):
                 assert (box is None) == (not (labels == value).any())
 
 
-def test_clean_up_and_volumes_inside_boxes_equal_whole_map_scans(shared_data):
+def _synapse_map(shared_data):
+    """The real TotalSegmentator map of the example CT (canonical) and its 8 organs in Synapse order."""
     image = to_canonical(sitk.ReadImage(
         str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz")))
     raw = sitk.GetArrayFromImage(image)
     labels = np.zeros(raw.shape, np.uint8)
     for synapse, totalseg in enumerate([52, 4, 3, 2, 5, 7, 1, 6], start=1):
         labels[raw == totalseg] = synapse
+    return image, labels
+
+
+def test_clean_up_and_volumes_inside_boxes_equal_whole_map_scans(shared_data):
+    image, labels = _synapse_map(shared_data)
     labels[0:2, 0:3, 0:3] = 5          # liver island at the volume corner (box clamped there)
     labels[60, 50:53, 60:63] = 7       # spleen island
     labels[labels.shape[0] // 2, 40, 40] = 0
@@ -254,12 +260,7 @@ def test_label_extents_rejects_bad_input():
 def _organs_with_islands_and_holes(shared_data):
     """The real TotalSegmentator map in Synapse order, with an island at the volume corner, a spleen island,
     a hole in the liver holding a liver island (26-connected to nothing), and a liver hole holding another organ."""
-    image = to_canonical(sitk.ReadImage(
-        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz")))
-    raw = sitk.GetArrayFromImage(image)
-    labels = np.zeros(raw.shape, np.uint8)
-    for synapse, totalseg in enumerate([52, 4, 3, 2, 5, 7, 1, 6], start=1):
-        labels[raw == totalseg] = synapse
+    _, labels = _synapse_map(shared_data)
     z, y, x = (int(np.median(a)) for a in np.nonzero(labels == 5))
     assert (labels[z - 3:z + 4, y - 3:y + 4, x - 3:x + 4] == 5).all()
     labels[z - 2:z + 3, y - 2:y + 3, x - 2:x + 3] = 0   # a 5x5x5 cavity in the liver ...

@@ -22,6 +22,7 @@ coarsest first) or ``encoder`` (CNN map before the patch embedding).
 from __future__ import annotations
 
 import typing
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -127,7 +128,7 @@ def select_feature(output: Any, feature: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class DistillationTerm:
+class DistillationTerm(ABC):
     """Base of a distillation term's options; subclasses add fields and implement build/apply.
 
     Attributes:
@@ -145,13 +146,13 @@ class DistillationTerm:
     teacher_logits_only: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
 
+    @abstractmethod
     def build(self, student: FeatureDims, teacher: FeatureDims) -> nn.Module:
         """The loss module (its parameters, e.g. projections, train with the student)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, module: nn.Module, student: Any, teacher: Any, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """The term's (unweighted) value on ``TransUNetOutput``-like outputs and (B, H, W) labels."""
-        raise NotImplementedError
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "DistillationTerm":
