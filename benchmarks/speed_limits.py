@@ -1,0 +1,580 @@
+"""How fast `kdseg segment` could be on this machine: the network against MLAS per layer, the rest at its floor.
+
+    python benchmarks/speed_limits.py [--ct FILE.nii.gz] [--slices 150] [--batch 8]
+                                      [--batches 4,8,16,32] [--threads 2] [--runs 8]
+                                      [--onnx FILE] [--skip-kdseg] [--json FILE]
+
+Two questions of issue 12, answered side by side in one run on this machine:
+
+(1) Can the network reach 85% of the machine's fp32 matmul peak? The peak is ONNX
+    Runtime's own MLAS kernel on a 2048^3 MatMul (``segment_volume.mlas_peak_gflops``),
+    measured before and after everything else, best of the two. The shipped model then
+    runs in ONNX Runtime with kdseg's session options (``_session_options``: ORT_ENABLE_ALL,
+    the thread count given, threads spinning during a run as kdseg's ``auto`` policy does
+    on a free machine) and ``enable_profiling``: every kernel's duration, per node type
+    and per convolution/MatMul. FLOPs are counted from the graph's real shapes (one run
+    of the unoptimised graph with every Conv/MatMul input and output as a graph output):
+    Conv = 2 N Cout Hout Wout Cin/groups kh kw, MatMul = 2 x output elements x K. They
+    are the *useful* FLOPs: where ONNX Runtime pads channels to its NCHWc block (the
+    9-class head runs as 16 channels), the padding is not counted as work. Then each
+    distinct Conv/MatMul shape runs ALONE, as a one-node ONNX graph with the model's own
+    weights and the same session options, profiled the same way (its own kernel only,
+    not the layout reorders ONNX Runtime puts around it): the rate MLAS reaches for that
+    shape. Kernel times are the best of ``--runs`` runs (alone: also of three sessions):
+    on a shared machine a kernel whose second thread another process holds runs at half
+    speed, sometimes for a whole session, and that is not the kernel's limit. Summed
+    FLOP-weighted over the network, these give two bounds: every Conv and
+    MatMul at its isolated rate and everything else free (the most any graph-level
+    clean-up or session option can reach with these layer shapes), and the same with the
+    other kernels (resize, concat, layout reorders, layer norms...) at their measured
+    time. A batch-size sweep repeats the network rate and both bounds per batch. The
+    network's own rate is its useful FLOPs over the median un-profiled run (best run too).
+    ``--onnx`` profiles another graph of the same model (e.g. a rewritten export): its
+    useful FLOPs are its own, so compare times, not rates, when a rewrite removes work.
+
+(2) What is the least the work around the network can cost? The floor of what a
+    ``kdseg segment`` run cannot avoid: a fresh Python interpreter importing what
+    ``segment`` needs (numpy, SimpleITK, onnxruntime; bare interpreter start-up shown
+    too), the fastest gzip decode of the input available here (zlib, and ISA-L when
+    ``isal`` is installed; the file's bytes already in memory), one memory-bandwidth
+    pass over the decoded input (a copy of the int16 volume), and one write of the uint8
+    label map as kdseg writes it (ITK's .nii.gz writer, compressed). Each is the best of
+    a few repeats. Against the network's time for the same slices (same session, batch
+    ``--batch``), the share of the wall the not-network work would take even at that
+    floor: run one after the other, and with perfect overlap on the machine's cores
+    (all not-network work spread over every core, the network's cores included: on a
+    machine whose cores the network already keeps busy, that is the most overlapping
+    stages can win). The same CT also runs once through ``kdseg segment`` (the label
+    map written is the one the write floor writes; the real run's stage split is printed
+    next to the floor).
+
+The CT is the real example CT of ../shared/data resampled to 512 x 512 x N, as
+``segment_volume.py`` builds it (``--ct`` reads a copy of it instead of building it).
+Figures are ratios measured side by side in one run; absolute times move with the
+machine's load. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from KDSegmentationLib.inference.onnx_engine import _session_options
+from KDSegmentationLib.weights.model_registry import load_registry
+from segment_volume import mlas_peak_gflops, resampled_ct, run_kdseg
+
+# Elementwise ops ONNX Runtime fuses into the Conv before them; the fused kernel is named
+# after the last fused op's output tensor (plus "_nchwc" in the NCHWc layout).
+_FUSABLE_AFTER_CONV = {"Relu", "Add", "Sum", "Clip", "Sigmoid", "LeakyRelu", "HardSigmoid", "Tanh"}
+_GEMM_OPS = {"Conv", "MatMul", "Gemm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmLayer:
+    """One Conv/MatMul node of the graph with its real shapes.
+
+    Args:
+        node: the node's name in the exported graph.
+        op: "Conv", "MatMul" or "Gemm".
+        shape: a readable shape, e.g. "3x3 320->64 @16x16" (N left out).
+        flops: useful FLOPs of one run at the profiled batch.
+        tensors: output tensor names the node's (fused) kernel can be named after.
+        alone: a one-node ONNX model of the same shape (bytes) and its input feed shapes.
+    """
+
+    node: str
+    op: str
+    shape: str
+    flops: float
+    tensors: Tuple[str, ...]
+    alone: bytes
+    feed: Tuple[Tuple[str, Tuple[int, ...]], ...]
+
+
+def tensor_shapes(model, feed: Dict[str, np.ndarray], names: Sequence[str]) -> Dict[str, Tuple[int, ...]]:
+    """Shapes of the named tensors in one run of the unoptimised graph (all graph outputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {out.name for out in probe.graph.output}
+    for name in names:
+        if name and name not in present:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            present.add(name)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = [out.name for out in session.get_outputs()]
+    return {name: tuple(value.shape) for name, value in zip(outputs, session.run(outputs, feed))}
+
+
+def _fused_names(graph, start: str) -> List[str]:
+    """``start`` and the outputs of the single-consumer elementwise chain after it (fusion candidates)."""
+    consumers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    names, current = [start], start
+    while len(consumers[current]) == 1 and consumers[current][0].op_type in _FUSABLE_AFTER_CONV:
+        current = consumers[current][0].output[0]
+        names.append(current)
+    return names
+
+
+def gemm_layers(onnx_path: Path, batch: int, img_size: int) -> List[GemmLayer]:
+    """Every Conv/MatMul/Gemm of the model with its shapes, FLOPs and a one-node copy.
+
+    Args:
+        onnx_path: the model; its first input takes (N, 1, img_size, img_size).
+        batch: N.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                 if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"}
+    weights = {**constants, **initializers}
+    nodes = [node for node in graph.node if node.op_type in _GEMM_OPS]
+    wanted = [name for node in nodes for name in list(node.input) + list(node.output) if name not in weights]
+    input_name = graph.input[0].name
+    feed = {input_name: np.random.default_rng(0).random((batch, 1, img_size, img_size), dtype=np.float32)}
+    shapes = tensor_shapes(model, feed, wanted)
+    shapes.update({name: tuple(value.shape) for name, value in weights.items()})
+    shapes[input_name] = feed[input_name].shape
+    layers = []
+    for node in nodes:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        out = shapes[node.output[0]]
+        if node.op_type == "Conv":
+            w = shapes[node.input[1]]
+            group = attributes.get("group", 1)
+            flops = 2.0 * out[0] * out[1] * out[2] * out[3] * w[1] * w[2] * w[3]
+            stride = attributes.get("strides", [1, 1])
+            x = shapes[node.input[0]]
+            shape = (f"{w[2]}x{w[3]}{'/' + str(stride[0]) if stride[0] > 1 else ''} {x[1]}->{w[0]}"
+                     f"{' g' + str(group) if group > 1 else ''} @{out[2]}x{out[3]}")
+        elif node.op_type == "MatMul":
+            a, b = shapes[node.input[0]], shapes[node.input[1]]
+            flops = 2.0 * float(np.prod(out)) * a[-1]
+            shape = f"{'x'.join(map(str, a[-2:]))} * {'x'.join(map(str, b[-2:]))}" + \
+                    (f" x{int(np.prod(out[:-2])) // batch}" if int(np.prod(out[:-2])) > batch else "")
+        else:  # Gemm
+            a = shapes[node.input[0]]
+            k = a[0] if attributes.get("transA", 0) else a[1]
+            flops = 2.0 * float(np.prod(out)) * k
+            shape = f"{out[0]}x{k} * {k}x{out[1]}"
+        inputs, feeds, inits = [], [], []
+        for position, name in enumerate(node.input):
+            if not name:
+                inputs.append("")
+                continue
+            alias = f"in{position}"
+            inputs.append(alias)
+            if name in weights:
+                inits.append(numpy_helper.from_array(np.asarray(weights[name]), alias))
+            else:
+                feeds.append((alias, tuple(shapes[name])))
+        alone_node = helper.make_node(node.op_type, inputs, ["out"], **attributes)
+        alone_graph = helper.make_graph(
+            [alone_node], "alone",
+            [helper.make_tensor_value_info(alias, onnx.TensorProto.FLOAT, list(s)) for alias, s in feeds],
+            [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, list(out))], inits)
+        alone = helper.make_model(alone_graph, opset_imports=[helper.make_opsetid("", 17)])
+        layers.append(GemmLayer(node.name, node.op_type, shape, flops, tuple(_fused_names(graph, node.output[0])),
+                                alone.SerializeToString(), tuple(feeds)))
+    return layers
+
+
+def kernel_times(session, feed: Dict[str, np.ndarray], runs: int) -> Tuple[List[Dict[str, object]], float]:
+    """Kernel events of the last ``runs`` runs of a profiling session, and their median run time (s).
+
+    The session must have been created with ``enable_profiling``; two warm-up runs come first.
+    """
+    for _ in range(2):
+        session.run(None, feed)
+    for _ in range(runs):
+        session.run(None, feed)
+    with open(session.end_profiling(), encoding="utf-8") as handle:
+        events = json.load(handle)
+    os.remove(handle.name)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[-runs:]
+    kernels = []
+    for event in events:
+        if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+            continue
+        for index, (start, end) in enumerate(windows):
+            if start <= event["ts"] <= end:
+                kernels.append({"run": index, "name": event["name"][: -len("_kernel_time")],
+                                "op": event["args"]["op_name"], "us": float(event["dur"])})
+                break
+    return kernels, float(np.median([end - start for start, end in windows])) / 1e6
+
+
+def profiled_session(model, threads: Optional[int], spinning: bool, prefix: str, keep_spinning: bool = False):
+    """A profiling session with kdseg's options; ``keep_spinning``: threads also spin between runs."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # overwriting a config entry below logs a warning
+    options = _session_options(threads, spinning=spinning or keep_spinning)
+    if keep_spinning:
+        options.add_session_config_entry("session.force_spinning_stop", "0")
+    options.enable_profiling = True
+    options.profile_file_prefix = prefix
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def per_node_best(kernels: List[Dict[str, object]]) -> Dict[Tuple[str, str], float]:
+    """Best (least) µs per (kernel name, op) over the runs (a kernel missing from a run counts 0).
+
+    The best, not the median: on a shared machine a kernel whose second thread another
+    process holds runs at half speed for a while, whole runs long.
+    """
+    runs = 1 + max(k["run"] for k in kernels)
+    per: Dict[Tuple[str, str], List[float]] = defaultdict(lambda: [0.0] * runs)
+    for k in kernels:
+        per[(k["name"], k["op"])][k["run"]] += k["us"]
+    return {key: float(min(values)) for key, values in per.items()}
+
+
+def match_layer(kernel_name: str, layers: Sequence[GemmLayer]) -> Optional[GemmLayer]:
+    """The Conv/MatMul a profiled kernel runs: by fused output tensor, else by node-name prefix."""
+    stripped = kernel_name[: -len("_nchwc")] if kernel_name.endswith("_nchwc") else kernel_name
+    for layer in layers:
+        if stripped in layer.tensors or stripped == layer.node:
+            return layer
+    prefixed = [layer for layer in layers if layer.node and kernel_name.startswith(layer.node + "/")]
+    return max(prefixed, key=lambda layer: len(layer.node)) if prefixed else None
+
+
+def network_profile(onnx_path: Path, layers: Sequence[GemmLayer], batch: int, img_size: int,
+                    threads: Optional[int], spinning: bool, runs: int, tmp: Path) -> Dict[str, object]:
+    """The model's kernels per node type and per Conv/MatMul, and its un-profiled time per run."""
+    import onnxruntime as ort
+
+    session = profiled_session(str(onnx_path), threads, spinning, str(tmp / "network"))
+    batch_input = np.random.default_rng(1).random((batch, 1, img_size, img_size), dtype=np.float32)
+    feed = {session.get_inputs()[0].name: batch_input}
+    kernels, profiled_run_s = kernel_times(session, feed, runs)
+    plain = ort.InferenceSession(str(onnx_path), _session_options(threads, spinning=spinning),
+                                 providers=["CPUExecutionProvider"])
+    times = run_times(lambda: plain.run(None, feed), 2 * runs)
+    per_kernel = per_node_best(kernels)
+    by_op: Dict[str, float] = defaultdict(float)
+    by_layer: Dict[str, float] = defaultdict(float)
+    unmatched = []
+    for (name, op), us in per_kernel.items():
+        computes = op in ("Conv", "MatMul", "FusedMatMul", "FusedConv", "Gemm", "FusedGemm")
+        layer = match_layer(name, layers) if computes else None
+        by_op["Conv" if op == "FusedConv" else op] += us
+        if layer is not None:
+            by_layer[layer.node] += us
+        elif computes:
+            unmatched.append(name)
+    return {"run_s": float(np.median(times)), "best_run_s": min(times), "profiled_run_s": profiled_run_s,
+            "kernels_s": sum(per_kernel.values()) / 1e6,
+            "by_op_s": {op: us / 1e6 for op, us in by_op.items()},
+            "by_layer_s": {node: us / 1e6 for node, us in by_layer.items()}, "unmatched": unmatched}
+
+
+def run_times(run: Callable[[], object], repeats: int) -> List[float]:
+    """Wall seconds of ``repeats`` calls after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def isolated_times(layers: Sequence[GemmLayer], threads: Optional[int], spinning: bool, runs: int,
+                   tmp: Path, sessions: int = 3) -> Dict[str, float]:
+    """Best kernel seconds of each distinct Conv/MatMul shape run alone (reorders around it excluded).
+
+    Each shape runs in ``sessions`` sessions one after the other (the best counts): on a
+    shared machine a kernel whose second thread another process holds runs at half speed,
+    sometimes for a whole session.
+    """
+    by_model: Dict[bytes, float] = {}
+    result = {}
+    rng = np.random.default_rng(2)
+    for layer in layers:
+        if layer.alone not in by_model:
+            # A one-kernel run would time waking the other thread too: in the network the
+            # threads are already awake (spinning) when a kernel starts, so here they keep spinning.
+            feed = {alias: rng.random(shape, dtype=np.float32) for alias, shape in layer.feed}
+            best = float("inf")
+            for _ in range(sessions):
+                session = profiled_session(layer.alone, threads, spinning, str(tmp / "alone"), keep_spinning=True)
+                kernels, _ = kernel_times(session, feed, runs)
+                compute = [k for k in kernels if not k["op"].startswith("Reorder")]
+                best = min(best, sum(per_node_best(compute).values()) / 1e6)
+                del session
+            by_model[layer.alone] = best
+        result[layer.node] = by_model[layer.alone]
+    return result
+
+
+def network_limits(onnx_path: Path, batch: int, img_size: int, threads: Optional[int], spinning: bool,
+                   runs: int, tmp: Path) -> Dict[str, object]:
+    """Profile, FLOPs and isolated rates of the model at one batch size (seconds per run)."""
+    layers = gemm_layers(onnx_path, batch, img_size)
+    profile = network_profile(onnx_path, layers, batch, img_size, threads, spinning, runs, tmp)
+    alone = isolated_times(layers, threads, spinning, runs, tmp)
+    gemm_flops = sum(layer.flops for layer in layers)
+    gemm_in_network = sum(profile["by_layer_s"].get(layer.node, 0.0) for layer in layers)
+    other_kernels = profile["kernels_s"] - gemm_in_network
+    return {"batch": batch, "layers": layers, "profile": profile, "alone_s": alone, "flops": gemm_flops,
+            "gemm_in_network_s": gemm_in_network, "other_kernels_s": other_kernels,
+            "gemm_alone_s": sum(alone.values())}
+
+
+def print_network(limits: Dict[str, object], peak: float) -> Dict[str, object]:
+    batch, profile, layers = limits["batch"], limits["profile"], limits["layers"]
+    flops, run_s = limits["flops"], profile["run_s"]
+    rate = flops / run_s / 1e9
+    best = flops / profile["best_run_s"] / 1e9
+    print(f"\n(1) Network at batch {batch}: {flops / batch / 1e9:.3f} GFLOP per slice (Conv + MatMul, useful), "
+          f"{1e3 * run_s / batch:.3f} ms per slice un-profiled (median) = {rate:.0f} GFLOP/s = "
+          f"{100 * rate / peak:.0f}% of the MLAS peak; best run {100 * best / peak:.0f}%")
+    print(f"    profiled run {1e3 * profile['profiled_run_s'] / batch:.3f} ms/slice, of which kernels "
+          f"{1e3 * profile['kernels_s'] / batch:.3f} ms (the rest: ONNX Runtime between kernels)")
+    print("  per node type (best kernel time per slice, share of kernel time, GFLOP/s where it computes):")
+    gemm_by_op: Dict[str, float] = defaultdict(float)
+    for layer in layers:
+        gemm_by_op[layer.op] += layer.flops
+    for op, seconds in sorted(profile["by_op_s"].items(), key=lambda item: -item[1]):
+        share = seconds / profile["kernels_s"]
+        op_flops = gemm_by_op.get("MatMul", 0.0) if op in ("MatMul", "FusedMatMul") else gemm_by_op.get(op, 0.0)
+        if op in ("MatMul", "FusedMatMul"):  # one row for both kinds of MatMul kernel
+            if op == "FusedMatMul":
+                continue
+            seconds = seconds + profile["by_op_s"].get("FusedMatMul", 0.0)
+            share = seconds / profile["kernels_s"]
+        note = f"{op_flops / seconds / 1e9:7.0f} GFLOP/s = {100 * op_flops / seconds / 1e9 / peak:3.0f}% of peak" \
+            if op_flops else ""
+        label = "MatMul (+FusedMatMul)" if op == "MatMul" else op
+        print(f"    {label:<24}{1e6 * seconds / batch:8.1f} µs {100 * share:5.1f}%  {note}")
+    print("  per Conv/MatMul shape (best µs per slice in the network vs the same shape alone, same options):")
+    print(f"    {'layer':<44}{'shape':<26}{'MFLOP':>7}{'net µs':>8}{'net %pk':>8}{'alone µs':>9}{'alone %pk':>10}")
+    rows = []
+    for layer in layers:
+        net = profile["by_layer_s"].get(layer.node, float("nan"))
+        alone = limits["alone_s"][layer.node]
+        rows.append({"layer": layer.node, "op": layer.op, "shape": layer.shape,
+                     "mflop_per_slice": layer.flops / batch / 1e6,
+                     "network_us_per_slice": 1e6 * net / batch, "alone_us_per_slice": 1e6 * alone / batch,
+                     "network_share_of_peak": layer.flops / net / 1e9 / peak,
+                     "alone_share_of_peak": layer.flops / alone / 1e9 / peak})
+        name = layer.node.strip("/").replace("/Conv", "").replace("/MatMul", "")
+        print(f"    {name[-43:]:<44}{layer.shape[:25]:<26}{layer.flops / batch / 1e6:7.1f}"
+              f"{1e6 * net / batch:8.1f}{100 * rows[-1]['network_share_of_peak']:7.0f}%"
+              f"{1e6 * alone / batch:9.1f}{100 * rows[-1]['alone_share_of_peak']:9.0f}%")
+    if profile["unmatched"]:
+        print(f"    (kernels not matched to a graph node, counted in 'other': {', '.join(profile['unmatched'])})")
+    fastest = max(rows, key=lambda row: row["alone_share_of_peak"])
+    print(f"  fastest shape alone: {fastest['shape']} at {100 * fastest['alone_share_of_peak']:.0f}% of the 2048^3 "
+          f"peak (a mid-size GEMM that fits the caches can beat the big one)")
+    gemm_alone, other = limits["gemm_alone_s"], limits["other_kernels_s"]
+    bound_free = flops / gemm_alone / 1e9
+    bound_other = flops / (gemm_alone + other) / 1e9
+    print(f"  Conv+MatMul kernels: {1e6 * limits['gemm_in_network_s'] / batch:.0f} µs/slice in the network "
+          f"({100 * flops / limits['gemm_in_network_s'] / 1e9 / peak:.0f}% of peak while they run), "
+          f"{1e6 * gemm_alone / batch:.0f} µs alone; other kernels {1e6 * other / batch:.0f} µs/slice")
+    print(f"  bound, every Conv/MatMul at its isolated rate and nothing else costing time: {bound_free:.0f} GFLOP/s "
+          f"= {100 * bound_free / peak:.0f}% of peak")
+    print(f"  bound, the same with the other kernels as measured: {bound_other:.0f} GFLOP/s "
+          f"= {100 * bound_other / peak:.0f}% of peak (network now: {100 * rate / peak:.0f}%)")
+    return {"batch": batch, "gflop_per_slice": flops / batch / 1e9, "ms_per_slice": 1e3 * run_s / batch,
+            "gflops": rate, "share_of_peak": rate / peak, "best_run_share_of_peak": best / peak,
+            "kernels_ms_per_slice": 1e3 * profile["kernels_s"] / batch,
+            "by_op_us_per_slice": {op: 1e6 * s / batch for op, s in profile["by_op_s"].items()},
+            "layers": rows, "bound_gemm_only_share_of_peak": bound_free / peak,
+            "bound_with_other_kernels_share_of_peak": bound_other / peak}
+
+
+def best_of(run: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def startup_floor(repeats: int) -> Dict[str, float]:
+    """Best wall seconds of a fresh interpreter: bare, and importing what ``kdseg segment`` needs."""
+    def fresh(code: str) -> float:
+        return best_of(lambda: subprocess.run([sys.executable, "-c", code], check=True), repeats)
+
+    return {"bare interpreter": fresh("pass"),
+            "import numpy, SimpleITK, onnxruntime": fresh("import numpy, SimpleITK, onnxruntime")}
+
+
+def decode_floor(ct: Path, repeats: int) -> Tuple[float, Dict[str, float]]:
+    """Best seconds to read the file's bytes (page cache), and to gunzip them with each inflate installed."""
+    data = ct.read_bytes()
+    decoders: Dict[str, Callable[[], object]] = {"zlib": lambda: zlib.decompress(data, 31)}
+    try:
+        from isal import isal_zlib
+        decoders["isal (ISA-L)"] = lambda: isal_zlib.decompress(data, 31)
+    except ImportError:
+        pass
+    times = {name: best_of(decode, repeats) for name, decode in decoders.items()}
+    return best_of(ct.read_bytes, repeats), times
+
+
+def memory_pass(volume: np.ndarray, repeats: int) -> Tuple[float, float]:
+    """Best seconds of one copy of ``volume`` into a preallocated array, and the GB/s moved (read + write)."""
+    target = np.empty_like(volume)
+    seconds = best_of(lambda: np.copyto(target, volume), repeats)
+    return seconds, 2 * volume.nbytes / seconds / 1e9
+
+
+def write_floor(labels: sitk.Image, tmp: Path, repeats: int) -> float:
+    """Best seconds of ITK's compressed .nii.gz write of the label map (kdseg's writer, no read-back check)."""
+    target = tmp / "labels-floor.nii.gz"
+    return best_of(lambda: sitk.WriteImage(labels, str(target), useCompression=True), repeats)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ct", type=Path, help="a 512x512xN .nii.gz (default: built like segment_volume.py)")
+    parser.add_argument("--slices", type=int, default=150, help="slices of the CT built when --ct is not given")
+    parser.add_argument("--registry", type=Path, help="registry JSON (default: the bundled one)")
+    parser.add_argument("--model", help="model id (default: the registry's default)")
+    parser.add_argument("--onnx", type=Path, help="profile this ONNX file (same input as the card's) instead")
+    parser.add_argument("--batch", type=int, default=8, help="batch of the per-layer tables (kdseg's default 8)")
+    parser.add_argument("--batches", default="4,8,16,32", help="batch sizes of the rate/bound sweep ('' skips)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (and the peak's)")
+    parser.add_argument("--sleeping", action="store_true",
+                        help="sleeping idle threads (kdseg --thread-spinning off) instead of spinning during a run")
+    parser.add_argument("--runs", type=int, default=12, help="runs per profiling session (kernels: best)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each floor measurement (best)")
+    parser.add_argument("--skip-kdseg", action="store_true", help="no kdseg segment run (write floor on a "
+                        "label map made by thresholding the CT instead)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    registry = load_registry(args.registry)
+    card = registry.get(args.model)
+    onnx_path = args.onnx or registry.directory / card.file
+    img_size = card.input.height
+    spinning = not args.sleeping
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    print(f"model: {card.id} v{card.version} ({card.architecture}, {img_size}x{card.input.width}), {onnx_path.name}; "
+          f"{args.threads} threads, {'spinning during a run' if spinning else 'sleeping'}; {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    figures: Dict[str, object] = {"model": card.id, "threads": args.threads, "spinning": spinning,
+                                  "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="kdseg_limits_") as tmp_name:
+        tmp = Path(tmp_name)
+        ct = args.ct
+        if ct is None:
+            ct = tmp / "ct.nii.gz"
+            sitk.WriteImage(resampled_ct(512, args.slices), str(ct), useCompression=True)
+        peaks = [mlas_peak_gflops(args.threads)]
+        limits = network_limits(onnx_path, args.batch, img_size, args.threads, spinning, args.runs, tmp)
+        sweep = {}
+        for batch in batches:
+            if batch != args.batch:
+                sweep[batch] = network_limits(onnx_path, batch, img_size, args.threads, spinning, args.runs, tmp)
+        sweep[args.batch] = limits
+
+        startup = startup_floor(args.repeats)
+        file_read_s, decode = decode_floor(ct, args.repeats)
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
+        slices = volume.shape[0]
+        copy_s, copy_gbs = memory_pass(volume, 2 * args.repeats)
+        input_mb = volume.nbytes / 1e6
+        del volume
+        kdseg = None
+        if args.skip_kdseg:
+            image = sitk.ReadImage(str(ct))
+            labels = sitk.Cast(sitk.BinaryThreshold(image, 100, 400, 1, 0), sitk.sitkUInt8)
+        else:
+            kdseg = run_kdseg(ct, tmp / "labels.nii.gz", args.registry, args.model, args.batch, args.threads)
+            labels = sitk.ReadImage(str(tmp / "labels.nii.gz"))
+        write_s = write_floor(labels, tmp, args.repeats)
+        peaks.append(mlas_peak_gflops(args.threads))
+
+    peak = max(peaks)
+    print(f"\nMLAS fp32 peak (2048^3 MatMul, {args.threads} threads, before/after): {peak:.0f} GFLOP/s "
+          f"({' / '.join(f'{p:.0f}' for p in peaks)})")
+    figures["mlas_peak_gflops"] = peak
+    figures["network"] = print_network(limits, peak)
+    print("\n  batch sweep (un-profiled network rate; bounds as above), share of the MLAS peak:")
+    print(f"    {'batch':>6}{'ms/slice':>10}{'network':>9}{'bound: rest free':>18}{'bound: rest as measured':>25}")
+    figures["batch_sweep"] = {}
+    for batch in sorted(sweep):
+        lim = sweep[batch]
+        rate = lim["flops"] / lim["profile"]["run_s"] / 1e9
+        free = lim["flops"] / lim["gemm_alone_s"] / 1e9
+        other = lim["flops"] / (lim["gemm_alone_s"] + lim["other_kernels_s"]) / 1e9
+        figures["batch_sweep"][batch] = {"ms_per_slice": 1e3 * lim["profile"]["run_s"] / batch,
+                                         "share_of_peak": rate / peak, "bound_gemm_only": free / peak,
+                                         "bound_with_other_kernels": other / peak}
+        print(f"    {batch:>6}{1e3 * lim['profile']['run_s'] / batch:>10.3f}{100 * rate / peak:>8.0f}%"
+              f"{100 * free / peak:>17.0f}%{100 * other / peak:>24.0f}%")
+
+    network_s = limits["profile"]["run_s"] / args.batch * slices
+    decoder, decode_s = min(decode.items(), key=lambda item: item[1])
+    floor = {"start-up + imports (fresh process)": startup["import numpy, SimpleITK, onnxruntime"],
+             f"read the file's {ct.stat().st_size / 1e6:.0f} MB (page cache)": file_read_s,
+             f"gzip decode ({decoder})": decode_s,
+             f"one memory pass over the input ({input_mb:.0f} MB copy)": copy_s,
+             "write the uint8 label map (.nii.gz, ITK)": write_s}
+    floor_s = sum(floor.values())
+    cores = os.cpu_count() or 1
+    sequential = floor_s / (floor_s + network_s)
+    overlapped = (floor_s / cores) / (floor_s / cores + network_s)
+    print(f"\n(2) Floor of the not-network work, {slices}-slice CT {ct.name} (best of {args.repeats}):")
+    print(f"    bare interpreter start-up {startup['bare interpreter']:.3f} s; decoders: "
+          + ", ".join(f"{name} {s:.3f} s" for name, s in decode.items())
+          + f"; memory copy {copy_gbs:.1f} GB/s")
+    for name, seconds in floor.items():
+        print(f"    {name:<58}{seconds:7.3f} s")
+    print(f"    {'sum':<58}{floor_s:7.3f} s")
+    print(f"  network for the same {slices} slices (batch {args.batch}, {args.threads} threads): {network_s:.3f} s")
+    print(f"  not-network share of the wall at the floor: {100 * sequential:.1f}% one after the other, "
+          f"{100 * overlapped:.1f}% with perfect overlap on {cores} cores (target <= 20%)")
+    print(f"  for 20%: the not-network work must fit in {0.25 * network_s:.3f} s sequential, "
+          f"{0.25 * network_s * cores:.3f} CPU-s spread over {cores} cores")
+    figures["floor_s"] = floor
+    figures["floor"] = {"sum_s": floor_s, "network_s": network_s, "share_sequential": sequential,
+                        "share_perfect_overlap": overlapped, "cores": cores, "startup_s": startup,
+                        "decode_s": decode, "memory_copy_gb_per_s": copy_gbs}
+    if kdseg is not None:
+        wall, infer = kdseg["wall_to_file_s"], kdseg["stages_s"]["infer"]
+        stages = ", ".join(f"{name} {s:.2f}" for name, s in kdseg["stages_s"].items())
+        print(f"  kdseg segment, same CT, this run: wall to file {wall:.2f} s ({stages}); not network "
+              f"{wall - infer:.2f} s = {100 * (wall - infer) / wall:.1f}% of the wall; "
+              f"{(wall - infer) / floor_s:.1f}x the floor")
+        figures["kdseg"] = {"wall_s": wall, "stages_s": kdseg["stages_s"],
+                            "non_network_share": (wall - infer) / wall}
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n", encoding="utf-8")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
