@@ -34,26 +34,77 @@ def test_to_model_fast_equals_blur_then_sample_on_real_ct(dicom_slices, mm):
 
 
 @pytest.mark.parametrize("mm", [None, 3.0], ids=["resize", "3 mm"])
-def test_banded_operator_gives_the_tap_by_tap_sum_bit_for_bit_in_any_layout(dicom_slices, mm):
-    """The slice-by-slice, transposed-columns evaluation rounds exactly as the plain sum of weighted taps (in tap
-    order) over the whole batch, so the pipeline's model input does not change with the layout."""
-    from KDSegmentationLib.inference.model_grid import _apply_banded, _input_operators
+def test_banded_operator_is_its_matrix_in_small_single_thread_products(dicom_slices, mm):
+    """Each axis's blocks cover exactly the non-zero rows of its matrix, every product stays below OpenBLAS's
+    multi-thread size, and the blocked products give the dense product up to float32 rounding, in either
+    storage order of the input axis."""
+    from KDSegmentationLib.inference.banded_operator import SINGLE_THREAD_PRODUCT, BandedOperator
+    from KDSegmentationLib.inference.model_grid import _axis_matrix
 
     slices, spacing_yx = dicom_slices
-    _, _, rows, cols = _input_operators(ModelGrid(128, 128, mm), 512, 512, *spacing_yx)
+    grid = ModelGrid(128, 128, mm)
+    taps_y, taps_x = grid.input_taps((512, 512), spacing_yx)
+    sigma = 0.0 if mm is None else (mm / spacing_yx[0] - 1.0) / 2.0
+    matrix = _axis_matrix(taps_y, 512, sigma)
+    np.testing.assert_allclose(matrix.sum(axis=1)[taps_y.inside], 1.0, atol=1e-6)
+    assert not matrix[~taps_y.inside].any()
+    operator = BandedOperator.from_matrix(matrix, other_length=512, max_block_rows=8)
+    covered = np.zeros(128, bool)
+    for block in operator.blocks:
+        assert (block.out_stop - block.out_start) * (block.in_stop - block.in_start) * 512 <= SINGLE_THREAD_PRODUCT
+        np.testing.assert_array_equal(block.weights, matrix[block.out_start:block.out_stop,
+                                                            block.in_start:block.in_stop])
+        assert not covered[block.out_start:block.out_stop].any()
+        covered[block.out_start:block.out_stop] = True
+    np.testing.assert_array_equal(covered, matrix.any(axis=1))
+    assert len(operator.blocks) < 128  # rows are grouped
+    expected = np.einsum("ji,niw->njw", matrix.astype(np.float64), slices.astype(np.float64))
+    start, stop = operator.support
+    np.testing.assert_allclose(operator.apply(slices[:, start:stop], axis=1, first_input=start), expected, atol=1e-6)
+    np.testing.assert_allclose(operator.apply(np.ascontiguousarray(np.swapaxes(slices, 1, 2)), axis=2),
+                               np.swapaxes(expected, 1, 2), atol=1e-6)
+    backwards = np.ascontiguousarray(slices[:, ::-1])
+    np.testing.assert_allclose(operator.reversed_input().apply(backwards, axis=1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="reads inputs"):
+        operator.apply(slices[:, start + 1:stop], axis=1, first_input=start + 1)
 
-    def tap_by_tap(array, axis, indices, weights):
-        shape = [1] * array.ndim
-        shape[axis] = indices.shape[0]
-        out = np.take(array, indices[:, 0], axis=axis) * weights[:, 0].reshape(shape)
-        for t in range(1, indices.shape[1]):
-            out += np.take(array, indices[:, t], axis=axis) * weights[:, t].reshape(shape)
-        return out
 
-    along_rows = _apply_banded(slices, -2, *rows)
-    np.testing.assert_array_equal(along_rows, tap_by_tap(slices, -2, *rows))
-    np.testing.assert_array_equal(_apply_banded(along_rows, -1, *cols), tap_by_tap(along_rows, -1, *cols))
-    np.testing.assert_array_equal(_apply_banded(slices[0], -2, *rows), along_rows[0])  # one slice (live preview)
+@pytest.fixture(scope="module")
+def oriented_hu(shared_data):
+    """Five slices of the real DICOM CT as the pipeline sees them (canonical views), in four storage orders."""
+    image = read_image(shared_data / "ct" / "totalsegmentator_dicom" / "example_ct_dicom")[:, :, 4:9]
+    views = []
+    for code in ("LPS", "RAS", "LAS", "RPS"):
+        oriented = sitk.DICOMOrient(image, code)
+        axes = CanonicalAxes(oriented)
+        views.append((code, axes.view(sitk.GetArrayViewFromImage(oriented)), (axes.spacing[1], axes.spacing[0]),
+                      oriented))  # the image owns the viewed voxels
+    return views
+
+
+@pytest.mark.parametrize("mm", [None, 1.5, 3.0, 4.5], ids=["resize", "1.5 mm", "3 mm (crop)", "4.5 mm (pad)"])
+def test_hu_to_model_is_the_windowed_reference_in_any_storage_order(oriented_hu, mm):
+    """The pipeline's model input: windowing only the pixels the grid reads, each axis read in storage order,
+    equals training's to_model(window_to_unit(...)) up to float rounding; in canonical storage order it is
+    to_model_fast of the windowed slices bit for bit; and a slice alone (the live preview) gets exactly the
+    values it gets in its batch."""
+    grid = ModelGrid(128, 128, mm)
+    window = (-125, 275)
+    orders = set()
+    for code, hu, spacing_yx, _ in oriented_hu:
+        orders.add((hu.strides[1] < 0, hu.strides[2] < 0))
+        unit = window_to_unit(np.array(hu), window)
+        got = grid.hu_to_model(hu, spacing_yx, window)
+        assert got.shape == (5, 128, 128) and got.dtype == np.float32
+        np.testing.assert_allclose(got, grid.to_model(unit, spacing_yx), atol=2e-6, err_msg=code)
+        np.testing.assert_allclose(grid.hu_to_model(hu, spacing_yx, window, fill=0.25),
+                                   grid.to_model(unit, spacing_yx, fill=0.25), atol=2e-6, err_msg=code)
+        np.testing.assert_array_equal(grid.hu_to_model(np.array(hu), spacing_yx, window),
+                                      grid.to_model_fast(unit, spacing_yx), err_msg=code)
+        for index in (0, 3):
+            np.testing.assert_array_equal(grid.hu_to_model(hu[index:index + 1], spacing_yx, window)[0], got[index],
+                                          err_msg=code)
+    assert len(orders) == 4  # every combination of flipped rows / columns was exercised
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,9 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .banded_operator import BandedOperator
+from .preprocessing import window_to_unit
+
 __all__ = ["AxisTaps", "ModelGrid", "axis_positions", "axis_taps", "sample_slices", "sample_labels",
            "antialias_slices", "argmax_sampled"]
 
@@ -186,16 +189,13 @@ def argmax_sampled(logits: np.ndarray, taps_y: AxisTaps, taps_x: AxisTaps, out: 
     return labels
 
 
-def _axis_operator(taps: AxisTaps, n_in: int, sigma: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Banded operator of one axis: Gaussian blur (edge-clamped) then linear sampling.
+def _axis_matrix(taps: AxisTaps, n_in: int, sigma: float) -> np.ndarray:
+    """Dense ``(n_out, n_in)`` float32 matrix of one axis: Gaussian blur (edge-clamped) then linear sampling.
 
-    Output pixel j is ``sum_t weights[j, t] * x[indices[j, t]]``: ``(1 - w_j) * kernel``
-    around ``lo_j`` and ``w_j * kernel`` around ``hi_j`` (indices clamped at the edges, as
-    the blur pads); rows of output pixels outside the source weigh zero (the caller adds
-    the fill).
-
-    Returns:
-        indices: (n_out, T) source indices; weights: (n_out, T) float32.
+    Output pixel j is ``(1 - w_j)`` times the blurred pixel ``lo_j`` plus ``w_j`` times the blurred
+    pixel ``hi_j``, i.e. the kernel around ``lo_j`` and around ``hi_j`` (weights of source indices
+    beyond an edge go to the edge pixel, as the blur pads); rows of output pixels outside the
+    source are zero (the caller adds the fill). Summed in float64, rounded once.
     """
     kernel = _gaussian_kernel(sigma).astype(np.float64) if sigma > 0 else np.ones(1)
     offsets = np.arange(kernel.size) - kernel.size // 2
@@ -204,58 +204,49 @@ def _axis_operator(taps: AxisTaps, n_in: int, sigma: float) -> Tuple[np.ndarray,
                               np.clip(taps.hi[:, None] + offsets, 0, n_in - 1)], axis=1)
     weights = np.concatenate([(1.0 - weight) * kernel, weight * kernel], axis=1)
     weights[~taps.inside] = 0.0
-    return indices.astype(np.intp), weights.astype(np.float32)
+    matrix = np.zeros((taps.lo.size, n_in), dtype=np.float64)
+    np.add.at(matrix, (np.repeat(np.arange(taps.lo.size), indices.shape[1]), indices.ravel()), weights.ravel())
+    return matrix.astype(np.float32)
 
 
-def _apply_banded(array: np.ndarray, axis: int, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """``array`` (float32, ``(..., H, W)``) resampled along ``axis`` (-1 or -2) by a banded operator from
-    :func:`_axis_operator`.
+@dataclass(frozen=True)
+class _InputOperators:
+    """Taps and axis operators of :meth:`ModelGrid.to_model_fast` for one slice size, spacing and storage order.
 
-    A sum over the few taps of each output pixel rather than a dense matrix product: about
-    twenty times less arithmetic for 512-pixel slices, and no BLAS call, whose worker
-    threads keep spinning after the call and then compete with ONNX Runtime's on small machines.
-    The taps are summed slice by slice into one reused buffer, so a slice's partial sums stay
-    in the CPU cache; along the columns the slices are transposed first, so that every tap
-    copies whole rows. Each output pixel gets the same float32 operations in the same order
-    either way (the result does not depend on this layout).
+    Attributes:
+        taps_y, taps_x: the grid's input taps (where the fill goes).
+        rows, cols: the operators along the rows (y) and columns (x) of the slices' storage: an axis
+            stored backwards (a negative stride) is read forwards by the reversed operator.
     """
-    if axis == -1:
-        columns_as_rows = np.ascontiguousarray(np.swapaxes(array, -1, -2))
-        return np.swapaxes(_apply_banded(columns_as_rows, -2, indices, weights), -1, -2)
-    if axis != -2:
-        raise ValueError(f"axis must be -1 or -2, got {axis}")
-    planes = array.reshape((-1,) + array.shape[-2:])
-    out = np.empty((planes.shape[0], indices.shape[0], planes.shape[2]), dtype=np.float32)
-    term = np.empty(out.shape[1:], dtype=np.float32)
-    tap_weights = [weights[:, t, None] for t in range(indices.shape[1])]
-    tap_indices = [np.ascontiguousarray(indices[:, t]) for t in range(indices.shape[1])]
-    for plane, result in zip(planes, out):
-        # mode="clip": the indices are valid, and numpy then writes into ``out`` without a buffer.
-        np.take(plane, tap_indices[0], axis=0, out=result, mode="clip")
-        result *= tap_weights[0]
-        for index, weight in zip(tap_indices[1:], tap_weights[1:]):
-            np.take(plane, index, axis=0, out=term, mode="clip")
-            term *= weight
-            result += term
-    return out.reshape(array.shape[:-2] + out.shape[1:])
+
+    taps_y: AxisTaps
+    taps_x: AxisTaps
+    rows: BandedOperator
+    cols: BandedOperator
 
 
 @functools.lru_cache(maxsize=16)
-def _input_operators(grid: "ModelGrid", h: int, w: int, sy: float, sx: float
-                     ) -> Tuple[AxisTaps, AxisTaps, Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    """Taps and the two (read-only) axis operators of :meth:`ModelGrid.to_model_fast` for one slice size and
-    spacing. Building them costs more than applying them to one slice, and every batch of a volume (and
-    every slice the live preview segments) has the same size and spacing, so they are built once."""
+def _input_operators(grid: "ModelGrid", h: int, w: int, sy: float, sx: float, flip_y: bool = False,
+                     flip_x: bool = False) -> _InputOperators:
+    """The operators of :meth:`ModelGrid.to_model_fast` for one slice size, spacing and storage order. Building
+    them costs more than applying them to one slice, and every batch of a volume (and every slice the live
+    preview segments) has the same size and spacing, so they are built once."""
     taps_y, taps_x = grid.input_taps((h, w), (sy, sx))
     sigma_y, sigma_x = 0.0, 0.0
     if grid.physical:
         p = float(grid.pixel_spacing_mm)  # type: ignore[arg-type]
         sigma_y, sigma_x = (p / sy - 1.0) / 2.0, (p / sx - 1.0) / 2.0
-    rows = _axis_operator(taps_y, h, sigma_y)
-    cols = _axis_operator(taps_x, w, sigma_x)
-    for array in (*rows, *cols):
-        array.flags.writeable = False
-    return taps_y, taps_x, rows, cols
+    # The columns are resampled second, on S_y rows; the rows first, on the columns the column operator reads.
+    cols = BandedOperator.from_matrix(_axis_matrix(taps_x, w, sigma_x), other_length=grid.height,
+                                      max_block_rows=16)
+    if flip_x:
+        cols = cols.reversed_input()
+    start, stop = cols.support
+    rows = BandedOperator.from_matrix(_axis_matrix(taps_y, h, sigma_y), other_length=max(1, stop - start),
+                                      max_block_rows=8)
+    if flip_y:
+        rows = rows.reversed_input()
+    return _InputOperators(taps_y, taps_x, rows, cols)
 
 
 @dataclass(frozen=True)
@@ -336,10 +327,13 @@ class ModelGrid:
         """:meth:`to_model` on the grid as one banded operator per axis.
 
         Blur and linear sampling are linear along each axis, so each axis is one banded
-        operator (:func:`_axis_operator`: a few weighted taps per output pixel) and a batch
-        costs two passes over the taps instead of a pass over the full slices per kernel
-        tap and axis. The values equal :meth:`to_model`'s up to float32 rounding (the tests
-        bound the difference on real CT); the pipeline uses this, training the reference
+        matrix (:func:`_axis_matrix`), applied as a few small dense products over the input
+        rows each block of output rows reads (:class:`BandedOperator`): a batch costs two
+        products per block instead of a pass over the full slices per kernel tap and axis.
+        Only the part of the slices the grid reads is touched; an axis stored backwards (a
+        flipped view) is read in storage order by the reversed operator. The values equal
+        :meth:`to_model`'s up to float32 rounding (the tests bound the difference on real
+        CT); the pipeline uses this (through :meth:`hu_to_model`), training the reference
         :meth:`to_model`.
 
         Args:
@@ -350,13 +344,53 @@ class ModelGrid:
         Returns:
             (..., S_y, S_x) float32.
         """
-        slices = np.asarray(slices, dtype=np.float32)
-        h, w = slices.shape[-2:]
-        taps_y, taps_x, rows, cols = _input_operators(self, h, w, float(spacing_yx[0]), float(spacing_yx[1]))
-        out = _apply_banded(_apply_banded(slices, -2, *rows), -1, *cols)
+        return self._resample_fast(slices, spacing_yx, fill, hu_window=None)
+
+    def hu_to_model(self, hu_slices: np.ndarray, spacing_yx: Sequence[float], hu_window: Sequence[float],
+                    fill: float = 0.0) -> np.ndarray:
+        """``to_model_fast(window_to_unit(hu_slices, hu_window), spacing_yx, fill)``, windowing only the pixels the
+        grid reads, slice by slice.
+
+        Bit for bit the same when no axis of ``hu_slices`` is stored backwards; an axis that is
+        (a flipped view, e.g. a NIfTI's columns seen in LPS order) is read in storage order by
+        the reversed operator, which sums the same terms in the opposite order (float rounding).
+
+        Args:
+            hu_slices: (..., H, W) Hounsfield units, any real dtype and strides (e.g. the pipeline's
+                canonical view of the input's voxels).
+            spacing_yx: slice pixel size (row, column) in mm.
+            hu_window: (low, high) HU window of the model card.
+            fill: value outside the slice.
+
+        Returns:
+            (..., S_y, S_x) float32.
+        """
+        return self._resample_fast(hu_slices, spacing_yx, fill, hu_window=hu_window)
+
+    def _resample_fast(self, slices: np.ndarray, spacing_yx: Sequence[float], fill: float,
+                       hu_window: Optional[Sequence[float]]) -> np.ndarray:
+        source = np.asarray(slices)
+        if source.ndim < 2:
+            raise ValueError(f"expected (..., H, W) slices, got shape {source.shape}")
+        h, w, sy, sx = self._check(source.shape[-2:], spacing_yx)
+        planes = source.reshape((-1, h, w))
+        flip_y, flip_x = planes.strides[1] < 0, planes.strides[2] < 0
+        planes = planes[:, ::-1 if flip_y else 1, ::-1 if flip_x else 1]  # storage order: contiguous reads
+        operators = _input_operators(self, h, w, sy, sx, flip_y, flip_x)
+        (y0, y1), (x0, x1) = operators.rows.support, operators.cols.support
+        read = planes[:, y0:y1, x0:x1]
+        if hu_window is not None:
+            unit = np.empty(read.shape, dtype=np.float32)
+            for hu_slice, unit_slice in zip(read, unit):  # slice by slice: the window's passes stay in cache
+                window_to_unit(hu_slice, hu_window, out=unit_slice)
+        else:
+            unit = read.astype(np.float32, copy=False)
+        along_rows = operators.rows.apply(unit, axis=1, first_input=y0)
+        out = operators.cols.apply(along_rows, axis=2, first_input=x0)
+        taps_y, taps_x = operators.taps_y, operators.taps_x
         if fill != 0.0 and not (taps_y.inside.all() and taps_x.inside.all()):
             out[..., ~(taps_y.inside[:, None] & taps_x.inside[None, :])] = fill
-        return out
+        return out.reshape(source.shape[:-2] + out.shape[1:])
 
     def labels_to_model(self, labels: np.ndarray, spacing_yx: Sequence[float],
                         size_hw: Optional[Sequence[int]] = None, fill: int = 0) -> np.ndarray:

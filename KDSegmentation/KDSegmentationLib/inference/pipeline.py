@@ -219,8 +219,9 @@ def _classify_physical(hu_slices: np.ndarray, segmenter: Segmenter, spacing_yx: 
     grid = model_grid(card)
     count, height, width = hu_slices.shape
     start = time.perf_counter()
-    # Blur + sampling as one banded operator per axis (to_model_fast): equal to training's to_model up to float rounding.
-    batch = grid.to_model_fast(window_to_unit(hu_slices, card.input.hu_window), spacing_yx)[:, None]
+    # Window, blur and sampling as one banded operator per axis (hu_to_model): equal to training's
+    # to_model(window_to_unit(...)) up to float rounding.
+    batch = grid.hu_to_model(hu_slices, spacing_yx, card.input.hu_window)[:, None]
     preprocessed = time.perf_counter()
     logits = segmenter.engine.run(batch)
     inferred = time.perf_counter()
