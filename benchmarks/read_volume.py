@@ -1,8 +1,9 @@
 """Reading a CT and writing its label map: kdseg's paths against the alternatives a user would accept.
 
     python benchmarks/read_volume.py [--slices 150] [--repeats 5] [--json FILE]
+                                     [--parts nifti,scaled,dicom,write]
 
-Three parts, each timed side by side in this one run (round robin: every repeat runs
+Four parts, each timed side by side in this one run (round robin: every repeat runs
 every variant once, so a change in the machine's load hits them all alike):
 
 (a) ``.nii.gz``: the benchmark CT of ``segment_volume.py`` (the real example CT of
@@ -13,8 +14,12 @@ every variant once, so a change in the machine's load hits them all alike):
     libdeflate), SimpleITK's ``ReadImage`` with 1 and 2 threads (which does not check
     the gzip CRC, tested in Testing/Lib/test_nifti_gzip.py; so also with the CRC pass
     it then needs), nibabel with and without ``indexed_gzip``, and the bare decoders
-    (rapidgzip with 1 and 2 threads, indexed_gzip); then the peak memory of kdseg's read
-    and of the previous one, each in a fresh process.
+    (rapidgzip with 1 and 2 threads, indexed_gzip); kdseg's read in its two parts
+    (allocating the image, the streamed decode alone); then the peak memory of kdseg's
+    read and of the previous one, each in a fresh process.
+(a2) the same CT stored as dcm2niix stores CT (int16 scanner values, ``scl_slope`` 1,
+    ``scl_inter`` -1024; ITK reads float32 HU): kdseg's ``read_image`` (values scaled
+    while decompressing), and as before (a CRC pass, then ITK's full reader).
 (b) DICOM series: the real 20-slice JPEG 2000 series of ../shared/data and a
     512 x 512 x N uncompressed series written here from the benchmark CT (temporary
     folder): kdseg's ``read_image`` (one pass: slice positions from the tags the series
@@ -60,7 +65,7 @@ import SimpleITK as sitk
 from KDSegmentationLib.imaging import image_files
 from KDSegmentationLib.imaging.dicom_series_checks import read_slice_headers, series_grid, unreadable_dicom_files
 from KDSegmentationLib.imaging.image_files import read_image, write_image_atomic
-from KDSegmentationLib.imaging.nifti_gzip import read_nifti_gz
+from KDSegmentationLib.imaging.nifti_gzip import inflate_gzip, plain_nifti_gz, read_nifti_gz
 from KDSegmentationLib.imaging.written_image_check import image_check
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
@@ -70,6 +75,7 @@ REAL_DICOM = DATA / "totalsegmentator_dicom" / "example_ct_dicom"
 
 
 READ_NIFTI = "kdseg read_nifti_gz (streamed decode into the image, ISA-L)"
+SCALED_READ = "kdseg read_image (scaled to float32 while decompressing)"
 
 
 def optional(module: str):
@@ -257,6 +263,11 @@ def nifti_part(path: Path, repeats: int) -> Dict[str, Dict[str, object]]:
     for threads in (1, 2):
         variants[f"sitk.ReadImage, {threads} thread(s), NO CRC check"] = lambda t=threads: itk_read(path, t, False)
     variants["sitk.ReadImage, 2 threads, + CRC pass"] = lambda: itk_read(path, 2, True)
+    plain = plain_nifti_gz(path)
+    variants["  part: allocate the image (sitk.Image, zero-filled)"] = (
+        lambda: allocated_bytes(sitk.Image(plain.header.GetSize(), plain.header.GetPixelID())))
+    variants["  part: streamed decode, no image (ISA-L)"] = lambda: streamed_decode(path)
+    variants["  part: streamed decode, no image (zlib)"] = lambda: _without_isal(lambda: streamed_decode(path))
     if optional("nibabel"):
         variants["nibabel (gzip module)"] = lambda: nibabel_read(path, indexed=False)
         if optional("indexed_gzip"):
@@ -268,13 +279,66 @@ def nifti_part(path: Path, repeats: int) -> Dict[str, Dict[str, object]]:
             return same_image(result, reference)
         if isinstance(result, tuple):
             return same_array_and_geometry(*result, reference)
-        return f"{len(result)} bytes" + ("" if len(result) >= expected_bytes else " SHORT")  # type: ignore
+        length = result if isinstance(result, int) else len(result)  # type: ignore[arg-type]
+        return f"{length} bytes" + ("" if length >= expected_bytes else " SHORT")
 
     timings = Timings(repeats)
     timings.run(variants, check)
     return timings.print_table(READ_NIFTI,
                                f"(a) .nii.gz {reference.GetSize()} int16, {path.stat().st_size / 1e6:.1f} MB "
                                f"compressed, {expected_bytes / 1e6:.0f} MB of voxels")
+
+
+def allocated_bytes(image: sitk.Image) -> int:
+    return image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+
+
+def streamed_decode(path: Path) -> int:
+    """kdseg's CRC-checked streamed decode with the pieces dropped (what the read costs without the image)."""
+    return inflate_gzip(path, 0, 0, lambda piece, start: None)  # the decompressed length
+
+
+# --------------------------------------------------------------------------- (a2) scaled .nii.gz
+
+
+def write_scaled_copy(ct: sitk.Image, path: Path) -> None:
+    """``ct`` as dcm2niix stores CT: int16 scanner values (HU + 1024) with scl_slope 1 and scl_inter -1024, gzip level 6."""
+    plain = path.with_name("plain_for_scaled.nii")
+    sitk.WriteImage(ct, str(plain), useCompression=False)
+    stream = bytearray(plain.read_bytes())
+    plain.unlink()
+    offset = int(struct.unpack_from("<f", stream, 108)[0])
+    stored = np.frombuffer(stream, "<i2", offset=offset) + np.int16(1024)
+    struct.pack_into("<2f", stream, 112, 1.0, -1024.0)
+    path.write_bytes(gzip.compress(bytes(stream[:offset]) + stored.tobytes(), 6, mtime=0))
+
+
+def previous_scaled_read(path: Path, inflate: str) -> sitk.Image:
+    """The read of a scaled .nii.gz before the scaled fast path: a CRC pass (``gzip`` module before, then
+    kdseg's streamed decode), then ITK's full reader."""
+    if inflate == "gzip module":
+        with gzip.open(path, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    else:
+        inflate_gzip(path, 0, 0, lambda piece, start: None)
+    return sitk.ReadImage(str(path))
+
+
+def scaled_part(path: Path, repeats: int) -> Dict[str, Dict[str, object]]:
+    reference = sitk.ReadImage(str(path))
+    variants: Dict[str, Callable[[], object]] = {
+        SCALED_READ: lambda: read_image(path),
+        "  the same, standard-library zlib (isal missing)": lambda: _without_isal(lambda: read_image(path)),
+        "previous: gzip-module CRC pass + ITK reader": lambda: previous_scaled_read(path, "gzip module"),
+        "previous, ISA-L CRC pass + ITK reader": (
+            lambda: previous_scaled_read(path, "streamed")),
+        "sitk.ReadImage, NO CRC check": lambda: itk_read(path, 2, False),
+    }
+    timings = Timings(repeats)
+    timings.run(variants, lambda name, result: same_image(result, reference))
+    return timings.print_table(SCALED_READ, f"(a2) .nii.gz as dcm2niix writes CT: int16 with scl_slope 1, scl_inter "
+                                            f"-1024 (ITK reads float32), {path.stat().st_size / 1e6:.1f} MB compressed")
 
 
 def _previous_read_image(path: Path, isal) -> sitk.Image:
@@ -557,7 +621,10 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=5, help="rounds over all variants (median and best shown)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--parts", default="nifti,scaled,dicom,write",
+                        help="comma-separated parts to run (nifti, scaled, dicom, write)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     load_before = os.getloadavg()
     versions = installed_versions()
@@ -570,17 +637,25 @@ def main() -> int:
         ct = resampled_ct(512, args.slices)
         ct_path = tmp_dir / "ct.nii.gz"
         sitk.WriteImage(ct, str(ct_path), useCompression=True)
-        write_dicom_series(ct, tmp_dir / "dicom")
+        if "dicom" in parts:
+            write_dicom_series(ct, tmp_dir / "dicom")
+        if "scaled" in parts:
+            write_scaled_copy(ct, tmp_dir / "ct_scaled.nii.gz")
         labels = label_map_like(ct)
         del ct
-        figures["nifti"] = nifti_part(ct_path, args.repeats)
-        figures["nifti_peak_memory_mib"] = read_peak_memory(ct_path)
-        figures["dicom_real_jpeg2000"] = dicom_part(REAL_DICOM, f"real JPEG 2000 series ({REAL_DICOM.name})",
-                                                    args.repeats)
-        figures["dicom_written"] = dicom_part(tmp_dir / "dicom", "uncompressed series written from the benchmark CT",
-                                              args.repeats)
-        (tmp_dir / "write").mkdir()
-        figures["write"] = write_part(labels, tmp_dir / "write", args.repeats)
+        if "nifti" in parts:
+            figures["nifti"] = nifti_part(ct_path, args.repeats)
+            figures["nifti_peak_memory_mib"] = read_peak_memory(ct_path)
+        if "scaled" in parts:
+            figures["nifti_scaled"] = scaled_part(tmp_dir / "ct_scaled.nii.gz", args.repeats)
+        if "dicom" in parts:
+            figures["dicom_real_jpeg2000"] = dicom_part(REAL_DICOM, f"real JPEG 2000 series ({REAL_DICOM.name})",
+                                                        args.repeats)
+            figures["dicom_written"] = dicom_part(tmp_dir / "dicom",
+                                                  "uncompressed series written from the benchmark CT", args.repeats)
+        if "write" in parts:
+            (tmp_dir / "write").mkdir()
+            figures["write"] = write_part(labels, tmp_dir / "write", args.repeats)
     load_after = os.getloadavg()
     figures["load_average"] = {"before": load_before, "after": load_after}
     print(f"\nload average after: {load_after[0]:.2f} (1 min) {load_after[1]:.2f} (5 min)")

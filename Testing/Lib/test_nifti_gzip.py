@@ -3,6 +3,7 @@
 import gzip
 import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -27,7 +28,19 @@ def real_niftis(shared_data):
     return sorted(shared_data.rglob("*.nii.gz"))
 
 
-def test_every_real_nifti_reads_as_itk_reads_it(real_niftis):
+@pytest.fixture(params=["isal", "standard library"])
+def inflate(request, monkeypatch):
+    """Each inflate the reader can run on: ISA-L (a dependency) and zlib (Slicer's Python may lack isal)."""
+    if request.param == "isal":
+        isal_zlib = pytest.importorskip("isal.isal_zlib")  # shown as a skip where no wheel exists
+        assert nifti_gzip._inflate_module() is isal_zlib
+    else:
+        monkeypatch.setitem(sys.modules, "isal", None)  # `import isal` now raises ImportError, as inside Slicer
+        assert nifti_gzip._inflate_module() is zlib
+    return request.param
+
+
+def test_every_real_nifti_reads_as_itk_reads_it(real_niftis, inflate):
     assert len(real_niftis) >= 4
     for path in real_niftis:
         image = read_nifti_gz(path)
@@ -54,19 +67,35 @@ def _rewrite_header(source, target, **floats_at):
     stream = bytearray(gzip.decompress(source.read_bytes()))
     for offset, value in floats_at.values():
         struct.pack_into("<f", stream, offset, value)
-    target.write_bytes(gzip.compress(bytes(stream)))
+    target.write_bytes(gzip.compress(bytes(stream), compresslevel=1))
 
 
-def test_scaled_values_are_left_to_itk(shared_data, tmp_path):
-    """scl_slope/scl_inter make ITK rescale (to float): that case takes ITK's own reader."""
+@pytest.mark.parametrize("slope, intercept", [(1.0, -1024.0), (-3.0, 7.0)])
+def test_integer_voxels_scaled_by_whole_numbers_read_as_itk_reads_them(shared_data, tmp_path, monkeypatch, inflate,
+                                                                       slope, intercept):
+    """dcm2niix's CT (int16, slope 1, intercept -1024): float32 values computed while decompressing, ITK's to the bit."""
     source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
     scaled = tmp_path / "scaled.nii.gz"
-    _rewrite_header(source, scaled, slope=(112, 2.0), intercept=(116, -10.0))
+    _rewrite_header(source, scaled, slope=(112, slope), intercept=(116, intercept))
+    expected = sitk.ReadImage(str(scaled))
+    assert expected.GetPixelID() == sitk.sitkFloat32
+    assert_same_image(read_nifti_gz(scaled), expected, f"slope {slope} intercept {intercept}")
+    assert_same_image(read_image(scaled), expected, f"slope {slope} intercept {intercept}")
+    monkeypatch.setattr(nifti_gzip, "_OUTPUT_PIECE_BYTES", 1231)  # odd pieces: voxels cut between pieces
+    assert_same_image(read_nifti_gz(scaled), expected, "small pieces")
+
+
+@pytest.mark.parametrize("name, slope, intercept", [("example_ct_sm.nii.gz", 0.1, 3.3),  # ITK rounds double math
+                                                    ("example_ct.nii.gz", 1.0, -1024.0)])  # int32: 2**24 exceeded
+def test_other_scalings_are_left_to_itk(shared_data, tmp_path, name, slope, intercept):
+    source = shared_data / "ct" / "totalsegmentator_example" / name
+    scaled = tmp_path / "scaled.nii.gz"
+    _rewrite_header(source, scaled, slope=(112, slope), intercept=(116, intercept))
     assert read_nifti_gz(scaled) is None
     expected = sitk.ReadImage(str(scaled))
     assert_same_image(read_image(scaled), expected, "scaled")
     raw = sitk.GetArrayFromImage(sitk.ReadImage(str(source))).astype(np.float64)
-    np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * 2 - 10)
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * slope + intercept, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("vox_offset", [float("nan"), float("inf"), -4.0])
@@ -88,10 +117,7 @@ def test_fractional_vox_offset_is_left_to_itk(shared_data, tmp_path):
     assert_same_image(read_image(odd), sitk.ReadImage(str(odd)), "vox_offset 352.5")
 
 
-@pytest.mark.parametrize("inflate", ["isal", "standard library"])
-def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path, monkeypatch, inflate):
-    if inflate == "standard library":
-        monkeypatch.setitem(sys.modules, "isal", None)  # `import isal` now raises ImportError, as inside Slicer
+def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(shared_data, tmp_path, inflate):
     data = (shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz").read_bytes()
     corrupt = bytearray(data)
     corrupt[len(data) // 3] ^= 0x01
@@ -100,6 +126,10 @@ def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(share
     cases = {"corrupt.nii.gz": bytes(corrupt), "truncated.nii.gz": data[: len(data) * 2 // 3],
              "wrong_crc.nii.gz": bytes(wrong_crc), "no_trailer.nii.gz": data[:-8],
              "garbage_after.nii.gz": data + b"not gzip"}
+    scaled = tmp_path / "scaled.nii.gz"  # not the plain case: ITK reads it after the stream is checked
+    _rewrite_header(shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz", scaled,
+                    slope=(112, 0.1), intercept=(116, 3.3))
+    cases["truncated_scaled.nii.gz"] = scaled.read_bytes()[:-1000]
     for name, content in cases.items():
         path = tmp_path / name
         path.write_bytes(content)
@@ -110,7 +140,8 @@ def test_corrupt_or_truncated_stream_is_refused_although_itk_would_read_it(share
         sitk.ReadImage(str(tmp_path / name))  # ITK alone reads these without a word
 
 
-def test_members_padding_and_every_piece_boundary_decode_as_itk_reads_the_file(shared_data, tmp_path, monkeypatch):
+def test_members_padding_and_every_piece_boundary_decode_as_itk_reads_the_file(shared_data, tmp_path, monkeypatch,
+                                                                              inflate):
     """gzip allows several members and zero padding; tiny pieces put piece ends everywhere, also inside voxels."""
     source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
     stream = gzip.decompress(source.read_bytes())
@@ -131,10 +162,3 @@ def test_header_longer_than_the_stream_is_refused(shared_data, tmp_path):
     short.write_bytes(gzip.compress(gzip.decompress(source.read_bytes())[:-2]))  # a valid stream, 1 voxel short
     with pytest.raises(InputImageError, match="header describes"):
         read_nifti_gz(short)
-
-
-def test_without_isal_the_standard_library_decodes_the_same(shared_data, monkeypatch):
-    path = shared_data / "ct" / "totalsegmentator_example" / "example_ct.nii.gz"
-    with_isal = read_nifti_gz(path)
-    monkeypatch.setitem(sys.modules, "isal", None)  # `import isal` now raises ImportError, as inside Slicer
-    assert_same_image(read_nifti_gz(path), with_isal, "stdlib zlib")

@@ -13,12 +13,10 @@ complete one.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
 import shutil
-import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -33,7 +31,7 @@ from .input_geometry import check_nifti_header, explain_itk_geometry_error
 from .native_messages import native_messages_captured
 from .path_guards import check_input_path, special_entries_in_folder
 from .written_image_check import image_check
-from .nifti_gzip import read_nifti_gz
+from .nifti_gzip import inflate_gzip, read_nifti_gz
 
 __all__ = ["WRITABLE_SUFFIXES", "read_image", "list_dicom_series", "check_volume_shape",
            "check_output_path", "write_image_atomic"]
@@ -274,18 +272,16 @@ def _read_file(path: Path) -> sitk.Image:
 def _check_gzip_complete(path: Path) -> int:
     """ITK zero-fills a truncated .gz stream without an error, so verify the stream first.
 
+    The stream is decompressed by :func:`.nifti_gzip.inflate_gzip` (ISA-L when installed,
+    about twice the standard library's speed) and the bytes are dropped.
+
     Returns:
         The decompressed size in bytes.
+
+    Raises:
+        InputImageError: the stream is truncated or corrupt.
     """
-    size = 0
-    try:
-        with gzip.open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                size += len(block)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputImageError(f"Cannot read {path}: the compressed file is truncated or corrupt ({exc}).",
-                              "Copy or download the file again.") from None
-    return size
+    return inflate_gzip(path, 0, 0, lambda piece, start: None)  # no byte is wanted, only the verification
 
 
 def check_volume_shape(image: sitk.Image, source: str = "The input", single_dicom_file: bool = False) -> None:

@@ -12,9 +12,11 @@ Everything about geometry and voxel type comes from ITK's own header reader
 (``ReadImageInformation``), so origin, spacing, direction and pixel type are ITK's to the bit.
 
 Only the plain case is taken: a single-file NIfTI-1 (``n+1``), little-endian, 3D,
-one component, unscaled values (``scl_slope`` 0 or 1 and ``scl_inter`` 0), a voxel
-type ITK reads as is, on a little-endian machine. Anything else returns None and the
-caller uses ITK's full reader.
+one component, on a little-endian machine, with either unscaled values (``scl_slope``
+0 or 1 and ``scl_inter`` 0) of a voxel type ITK reads as is, or integer voxels scaled
+by a whole slope and intercept, which ITK turns into float32 values that are computed
+exactly here while the pieces are decompressed (:mod:`.nifti_scaling`; dcm2niix writes
+CT this way). Anything else returns None and the caller uses ITK's full reader.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import sys
 import zlib
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError
+from .nifti_scaling import ExactScaling, ScaledVoxelSink, exact_scaling
 
 __all__ = ["PieceSink", "PlainNiftiGz", "inflate_gzip", "plain_nifti_gz", "read_nifti_gz"]
 
@@ -137,8 +140,17 @@ def _writable_voxel_bytes(image: sitk.Image) -> np.ndarray:
     return np.ctypeslib.as_array((ctypes.c_ubyte * view.nbytes).from_address(address))
 
 
-def _plain_nifti1_layout(header: bytes, size: Sequence[int]) -> Optional[Tuple[np.dtype, int]]:
-    """(voxel dtype, byte offset of the voxels) of a plain NIfTI-1 header of ``size`` (x, y, z); None if not plain."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where and how the voxels of a plain NIfTI-1 file are stored."""
+
+    stored: np.dtype  # voxel type in the file
+    offset: int  # byte offset of the voxels in the decompressed stream
+    scaling: Optional[ExactScaling]  # None: the stored values are the image's
+
+
+def _plain_nifti1_layout(header: bytes, size: Sequence[int]) -> Optional[_Layout]:
+    """The voxel layout of a plain NIfTI-1 header of ``size`` (x, y, z); None if not plain."""
     if len(header) < _NIFTI1_HEADER_BYTES or struct.unpack_from("<i", header, 0)[0] != _NIFTI1_HEADER_BYTES:
         return None  # NIfTI-2, big-endian or not NIfTI
     if header[344:348] != b"n+1\x00":
@@ -149,11 +161,15 @@ def _plain_nifti1_layout(header: bytes, size: Sequence[int]) -> Optional[Tuple[n
     dtype = _NIFTI_DTYPES.get(datatype)
     if dtype is None or dim[0] != 3 or tuple(dim[1:4]) != tuple(size):
         return None
-    if not math.isfinite(vox_offset) or slope not in (0.0, 1.0) or intercept != 0.0 or vox_offset != int(vox_offset):
-        return None  # ITK rescales (and may change the voxel type): leave it to ITK
-    if int(vox_offset) < _NIFTI1_HEADER_BYTES:
+    if not math.isfinite(vox_offset) or vox_offset != int(vox_offset) or int(vox_offset) < _NIFTI1_HEADER_BYTES:
         return None
-    return np.dtype(dtype), int(vox_offset)
+    stored = np.dtype(dtype)
+    if slope in (0.0, 1.0) and intercept == 0.0:
+        return _Layout(stored, int(vox_offset), None)
+    scaling = exact_scaling(stored, slope, intercept)
+    if scaling is None:
+        return None  # ITK rescales in double precision: leave it to ITK
+    return _Layout(stored, int(vox_offset), scaling)
 
 
 def _header_bytes(path: Path) -> bytes:
@@ -173,16 +189,19 @@ class PlainNiftiGz:
         header: an ``ImageFileReader`` after ``ReadImageInformation()``: size, pixel type
             and geometry exactly as ITK reads them.
         offset: where the voxels start in the decompressed stream (bytes).
-        voxel_bytes: how many bytes of voxels follow.
+        voxel_bytes: how many bytes of stored voxels follow.
+        scaling: how ITK turns the stored voxels into its float32 values, or None when
+            the stored voxels are the image's (same type, same bytes).
     """
 
     path: Path
     header: sitk.ImageFileReader
     offset: int
     voxel_bytes: int
+    scaling: Optional[ExactScaling] = None
 
     def inflate_voxels(self, take: PieceSink) -> None:
-        """Decompress the file once, CRC-checked, handing the voxel bytes to ``take`` (see :func:`inflate_gzip`).
+        """Decompress the file once, CRC-checked, handing the stored voxel bytes to ``take`` (see :func:`inflate_gzip`).
 
         Raises:
             InputImageError: the stream is truncated or corrupt, or shorter than the header says.
@@ -213,10 +232,11 @@ def plain_nifti_gz(path: Path) -> Optional[PlainNiftiGz]:
     layout = _plain_nifti1_layout(_header_bytes(path), size)
     if layout is None:
         return None
-    dtype, offset = layout
-    if sitk.GetImageFromArray(np.zeros((1, 1, 1), dtype)).GetPixelID() != reader.GetPixelID():
+    image_dtype = np.dtype(np.float32) if layout.scaling is not None else layout.stored
+    if sitk.GetImageFromArray(np.zeros((1, 1, 1), image_dtype)).GetPixelID() != reader.GetPixelID():
         return None
-    return PlainNiftiGz(Path(path), reader, offset, int(np.prod(size)) * dtype.itemsize)
+    return PlainNiftiGz(Path(path), reader, layout.offset, int(np.prod(size)) * layout.stored.itemsize,
+                        layout.scaling)
 
 
 def read_nifti_gz(path: Path) -> Optional[sitk.Image]:
@@ -240,11 +260,13 @@ def read_nifti_gz(path: Path) -> Optional[sitk.Image]:
     header = plain.header
     image = sitk.Image([int(n) for n in header.GetSize()], header.GetPixelID())
     voxels = _writable_voxel_bytes(image)
+    if plain.scaling is not None:
+        plain.inflate_voxels(ScaledVoxelSink(voxels.view(np.float32), plain.scaling).take)
+    else:
+        def copy(piece: np.ndarray, start: int) -> None:
+            voxels[start:start + piece.size] = piece
 
-    def copy(piece: np.ndarray, start: int) -> None:
-        voxels[start:start + piece.size] = piece
-
-    plain.inflate_voxels(copy)
+        plain.inflate_voxels(copy)
     image.SetOrigin(header.GetOrigin())
     image.SetSpacing(header.GetSpacing())
     image.SetDirection(header.GetDirection())

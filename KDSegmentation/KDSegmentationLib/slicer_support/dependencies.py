@@ -5,6 +5,11 @@ install pins both to the versions already present: pip then either installs an
 onnxruntime release compatible with them or fails, and never replaces them.
 Nothing here installs anything; the module passes :func:`install_requirements`
 to ``slicer.util.pip_install`` after the user agrees.
+
+ONNX Runtime is the only package installed. ``isal`` (ISA-L's inflate, a dependency of
+the pip package that halves the command line's .nii.gz read) is not: the module never
+decompresses a file itself (Slicer's own readers load the volume, and the module takes
+its voxels from the scene), so inside Slicer it would be a download without a use.
 """
 
 from __future__ import annotations
