@@ -58,6 +58,7 @@ def test_banded_operator_is_its_matrix_in_small_single_thread_products(dicom_sli
         covered[block.out_start:block.out_stop] = True
     np.testing.assert_array_equal(covered, matrix.any(axis=1))
     assert len(operator.blocks) < 128  # rows are grouped
+    np.testing.assert_allclose(operator.row_sums(), matrix.sum(axis=1, dtype=np.float64), rtol=1e-12)
     expected = np.einsum("ji,niw->njw", matrix.astype(np.float64), slices.astype(np.float64))
     start, stop = operator.support
     np.testing.assert_allclose(operator.apply(slices[:, start:stop], axis=1, first_input=start), expected, atol=1e-6)
@@ -84,10 +85,9 @@ def oriented_hu(shared_data):
 
 @pytest.mark.parametrize("mm", [None, 1.5, 3.0, 4.5], ids=["resize", "1.5 mm", "3 mm (crop)", "4.5 mm (pad)"])
 def test_hu_to_model_is_the_windowed_reference_in_any_storage_order(oriented_hu, mm):
-    """The pipeline's model input: windowing only the pixels the grid reads, each axis read in storage order,
-    equals training's to_model(window_to_unit(...)) up to float rounding; in canonical storage order it is
-    to_model_fast of the windowed slices bit for bit; and a slice alone (the live preview) gets exactly the
-    values it gets in its batch."""
+    """The pipeline's model input (clipping only the pixels the grid reads, each axis read in storage order, the
+    window's shift and scale applied to the result) equals training's to_model(window_to_unit(...)) up to float
+    rounding and stays in [0, 1]; a slice alone (the live preview) gets exactly the values it gets in its batch."""
     grid = ModelGrid(128, 128, mm)
     window = (-125, 275)
     orders = set()
@@ -96,11 +96,13 @@ def test_hu_to_model_is_the_windowed_reference_in_any_storage_order(oriented_hu,
         unit = window_to_unit(np.array(hu), window)
         got = grid.hu_to_model(hu, spacing_yx, window)
         assert got.shape == (5, 128, 128) and got.dtype == np.float32
+        assert got.min() >= 0.0 and got.max() <= 1.0, code
         np.testing.assert_allclose(got, grid.to_model(unit, spacing_yx), atol=2e-6, err_msg=code)
         np.testing.assert_allclose(grid.hu_to_model(hu, spacing_yx, window, fill=0.25),
                                    grid.to_model(unit, spacing_yx, fill=0.25), atol=2e-6, err_msg=code)
-        np.testing.assert_array_equal(grid.hu_to_model(np.array(hu), spacing_yx, window),
-                                      grid.to_model_fast(unit, spacing_yx), err_msg=code)
+        np.testing.assert_allclose(grid.hu_to_model(hu.astype(np.float64) - 0.25, spacing_yx, window),
+                                   grid.to_model(window_to_unit(hu - 0.25, window), spacing_yx), atol=2e-6,
+                                   err_msg=code)  # the float path of the window
         for index in (0, 3):
             np.testing.assert_array_equal(grid.hu_to_model(hu[index:index + 1], spacing_yx, window)[0], got[index],
                                           err_msg=code)

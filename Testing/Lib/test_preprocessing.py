@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from KDSegmentationLib.inference.preprocessing import window_to_unit
+from KDSegmentationLib.inference.preprocessing import clip_to_window, window_to_unit
 
 
 def float_formula(hu, window):
@@ -33,6 +33,8 @@ def test_every_dtype_and_storage_order_gives_the_float_formula_bit_for_bit(dtype
         out = np.full(view.shape, np.nan, np.float32)
         assert window_to_unit(view, window, out=out) is out
         np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(clip_to_window(view, window),
+                                      np.clip(view.astype(np.float32), np.float32(window[0]), np.float32(window[1])))
         np.testing.assert_array_equal(view, before)  # the input is never modified
 
 
@@ -40,6 +42,8 @@ def test_bad_window_and_out_are_refused():
     hu = np.zeros((4, 4), np.int16)
     with pytest.raises(ValueError, match="low < high"):
         window_to_unit(hu, (275, -125))
+    with pytest.raises(ValueError, match="low < high"):
+        clip_to_window(hu, (0, 0))
     with pytest.raises(ValueError, match="out must be float32 of shape"):
         window_to_unit(hu, (-125, 275), out=np.empty((4, 4), np.float64))
     with pytest.raises(ValueError, match="out must be float32 of shape"):

@@ -108,6 +108,13 @@ class BandedOperator:
             return 0, 0
         return min(block.in_start for block in self.blocks), max(block.in_stop for block in self.blocks)
 
+    def row_sums(self) -> np.ndarray:
+        """(n_out,) float64 sum of each output row's weights: the output for an input of ones."""
+        sums = np.zeros(self.n_out, dtype=np.float64)
+        for block in self.blocks:
+            sums[block.out_start:block.out_stop] = block.weights.sum(axis=1, dtype=np.float64)
+        return sums
+
     def reversed_input(self) -> "BandedOperator":
         """The same operator on the input axis read backwards (input index i becomes n_in - 1 - i)."""
         blocks = []

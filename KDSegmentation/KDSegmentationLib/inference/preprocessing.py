@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["window_to_unit"]
+__all__ = ["window_to_unit", "clip_to_window"]
 
 
 def window_to_unit(hu: np.ndarray, window: Sequence[float], out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -19,7 +19,25 @@ def window_to_unit(hu: np.ndarray, window: Sequence[float], out: Optional[np.nda
 
     Returns:
         float32 array of the same shape with values in [0, 1] (``out`` when given): the
-        float32 HU clipped to the window, minus low, divided by high - low.
+        float32 HU clipped to the window (:func:`clip_to_window`), minus low, divided by high - low.
+    """
+    out = clip_to_window(hu, window, out)
+    low, high = float(window[0]), float(window[1])
+    out -= low
+    out /= high - low
+    return out
+
+
+def clip_to_window(hu: np.ndarray, window: Sequence[float], out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The HU as float32, clipped to ``window`` = (low, high): the first step of :func:`window_to_unit`.
+
+    Args:
+        hu: array of Hounsfield units, any shape and real dtype.
+        window: (low, high) with low < high.
+        out: optional float32 array of ``hu``'s shape to write into (not ``hu`` itself).
+
+    Returns:
+        float32 array of the same shape with values in [low, high] (``out`` when given).
     """
     low, high = float(window[0]), float(window[1])
     if not high > low:
@@ -37,8 +55,6 @@ def window_to_unit(hu: np.ndarray, window: Sequence[float], out: Optional[np.nda
         np.clip(source, int(low), int(high), out=out, casting="unsafe")
     else:
         np.clip(source, low, high, out=out, dtype=np.float32, casting="unsafe")
-    out -= low
-    out /= high - low
     return out
 
 
