@@ -271,6 +271,8 @@ def _segment(args: argparse.Namespace, committing: _CtrlCHeldOff) -> int:
     if args.volumes_json is not None:
         _write_json_atomic({"model": result.model_id, "device": result.device, "input": str(source),
                             "output": str(args.output), "volumes_ml": result.volumes_ml, "timings_s": timings,
+                            # timings_s partitions the wall time; stage_busy_s overlaps when network_overlapped.
+                            "stage_busy_s": result.busy, "network_overlapped": result.overlapped,
                             "thread_spinning": {"spinning": getattr(segmenter.engine, "spinning", None),
                                                 "reason": getattr(segmenter.engine, "spinning_reason", None)},
                             "warnings": ([threads_warning] if threads_warning else []) + result.warnings},

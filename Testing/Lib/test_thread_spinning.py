@@ -52,6 +52,18 @@ def test_auto_with_one_thread_sleeps_without_measuring():
     assert not choose_spinning("auto", None, cores=1, measure=_never).spinning
 
 
+def test_auto_leaves_a_core_to_the_pipeline_thread_working_next_to_the_network():
+    # Two inference threads and the overlapping pipeline thread do not fit two cores: sleep, no probe.
+    choice = choose_spinning("auto", None, cores=2, measure=_never, neighbour_threads=1)
+    assert not choice.spinning and "1 pipeline thread(s)" in choice.reason
+    idle = lambda: LoadReading(0.1, "test")  # noqa: E731
+    assert choose_spinning("auto", 2, cores=4, measure=idle, neighbour_threads=1).spinning
+    busy = choose_spinning("auto", 2, cores=4, measure=lambda: LoadReading(1.6, "test"), neighbour_threads=1)
+    assert not busy.spinning and "and 1 pipeline thread(s) on 4 cores" in busy.reason
+    assert choose_spinning("auto", 2, cores=4, measure=lambda: LoadReading(1.6, "test")).spinning
+    assert choose_spinning("on", None, cores=2, measure=_never, neighbour_threads=1).spinning
+
+
 def test_auto_sleeps_when_the_load_cannot_be_measured():
     choice = choose_spinning("auto", None, cores=2, measure=lambda: None)
     assert not choice.spinning and "cannot be measured" in choice.reason

@@ -1,0 +1,71 @@
+"""The network calls of one segmentation run: on a worker thread next to the caller, or inline.
+
+ONNX Runtime releases the GIL during a run, so while the network works on batch k on
+a worker thread, the caller's thread prepares batch k+1 and spreads batch k-1's labels:
+the same arithmetic as one batch after another, reordered in time. Calls run one at a
+time in submission order (a single worker); the caller bounds how many it submits ahead,
+which bounds memory. Closing cancels calls not yet started and waits for the running
+one, so no thread outlives the run (cancellation, errors, Ctrl-C). An exception raised
+by a call reaches the caller unchanged (same object, type and message) from
+``Future.result()``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Optional
+
+import numpy as np
+
+from .stage_clock import StageClock
+
+__all__ = ["NetworkCalls"]
+
+WORKER_NAME = "kdseg-network"
+
+
+class NetworkCalls:
+    """Submits network calls and hands back futures of their outputs; use as a context manager.
+
+    Args:
+        run: the network, ``run(batch (N, 1, H, W) float32) -> logits (N, C, H, W)``.
+        overlap: run the calls on one worker thread (True) or inline in :meth:`submit` (False).
+        clock: records each call's (start, end) as work of its network stage.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], overlap: bool, clock: StageClock) -> None:
+        self._run = run
+        self._clock = clock
+        self._pool: Optional[ThreadPoolExecutor] = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=WORKER_NAME) if overlap else None)
+
+    @property
+    def overlapping(self) -> bool:
+        return self._pool is not None
+
+    def _timed_run(self, batch: np.ndarray) -> np.ndarray:
+        with self._clock.measure(self._clock.network_stage):
+            return self._run(batch)
+
+    def submit(self, batch: np.ndarray) -> "Future[np.ndarray]":
+        """Start (or queue) one call; its result or exception comes from the returned future."""
+        if self._pool is not None:
+            return self._pool.submit(self._timed_run, batch)
+        done: Future = Future()
+        try:
+            done.set_result(self._timed_run(batch))
+        except Exception as exc:  # handed over like the worker's: raised by done.result()
+            done.set_exception(exc)
+        return done
+
+    def close(self) -> None:
+        """Cancel calls not started, wait for the running one; the worker thread has ended on return."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "NetworkCalls":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,144 @@
+"""segment_image with its network calls on a worker thread: same labels, no thread left behind, errors surface.
+
+The overlapped run reorders the per-batch work in time only; these tests compare it with
+the step-after-step run on real CT, cancel it part-way, make an engine fail in the third
+batch, and check the wall-time accounting of overlapping stages on known intervals.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from KDSegmentationLib.errors import CancelledError
+from KDSegmentationLib.inference.network_calls import WORKER_NAME
+from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
+from KDSegmentationLib.inference.stage_clock import StageClock
+from KDSegmentationLib.progress import CancelToken, Stage
+
+
+@pytest.fixture(scope="module")
+def shipped_segmenter():
+    """The bundled default model (physical-size grid, the path users run)."""
+    return Segmenter.from_registry(device="cpu", allow_download=False)
+
+
+@pytest.fixture(scope="module")
+def real_crop(example_ct):
+    """20 real abdominal slices: several batches of 3 with a partial last one."""
+    return example_ct[:, :, 46:66]
+
+
+class CountingEngine:
+    """The real engine, counting calls and failing (with its own error type) in the given call."""
+
+    class Failure(RuntimeError):
+        pass
+
+    def __init__(self, engine, fail_in_call=None):
+        self.engine, self.fail_in_call, self.calls = engine, fail_in_call, 0
+        self.device = engine.device
+
+    def run(self, batch):
+        self.calls += 1
+        if self.calls == self.fail_in_call:
+            raise CountingEngine.Failure(f"engine failed in call {self.calls}")
+        return self.engine.run(batch)
+
+
+def _no_worker_left():
+    return not [t for t in threading.enumerate() if t.name.startswith(WORKER_NAME)]
+
+
+def test_overlapped_labels_and_volumes_equal_the_sequential_run(real_crop, shipped_segmenter):
+    runs = {overlap: segment_image(real_crop, shipped_segmenter,
+                                   SegmentationOptions(batch_size=3, overlap_network=overlap))
+            for overlap in (False, True)}
+    sequential, overlapped = runs[False], runs[True]
+    labels = sitk.GetArrayFromImage(overlapped.labels)
+    assert len(np.unique(labels)) > 2  # the trained model finds organs in this crop
+    np.testing.assert_array_equal(labels, sitk.GetArrayFromImage(sequential.labels))
+    assert overlapped.volumes_ml == sequential.volumes_ml
+    assert overlapped.overlapped and not sequential.overlapped
+    for result in runs.values():
+        assert list(result.timings) == list(result.busy) == ["preprocess", "infer", "postprocess"]
+        assert result.busy["infer"] == pytest.approx(result.timings["infer"])
+        assert all(result.timings[s] <= result.busy[s] + 1e-9 for s in result.timings)
+
+
+def test_progress_in_slice_order_when_overlapped(real_crop, plumbing_segmenter):
+    events = []
+    segment_image(real_crop, plumbing_segmenter, SegmentationOptions(batch_size=6, overlap_network=True),
+                  progress=events.append)
+    inferring = [e for e in events if e.stage == Stage.INFERRING]
+    assert [e.current for e in inferring] == [0, 6, 12, 18, 20]
+    assert [e.message for e in inferring][-1] == "slice 20 of 20"
+    assert all(e.total == 20 for e in inferring)
+    first_post = next(i for i, e in enumerate(events) if e.stage == Stage.POSTPROCESSING)
+    assert all(e.stage != Stage.INFERRING for e in events[first_post:])
+
+
+def test_cancel_mid_run_leaves_no_thread_and_stops_inference(real_crop, plumbing_segmenter):
+    threads_before = threading.active_count()
+    engine = CountingEngine(plumbing_segmenter.engine)
+    token = CancelToken()
+
+    def cancel_after_two_batches(event):
+        if event.stage == Stage.INFERRING and event.current >= 4:
+            token.cancel()
+
+    with pytest.raises(CancelledError):
+        segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine),
+                      SegmentationOptions(batch_size=2, overlap_network=True),
+                      progress=cancel_after_two_batches, cancel=token)
+    assert threading.active_count() == threads_before and _no_worker_left()
+    assert engine.calls <= 3  # of 10 batches: two spread, at most one more submitted ahead
+
+
+def test_engine_error_in_third_batch_reaches_the_caller_unchanged(real_crop, plumbing_segmenter):
+    threads_before = threading.active_count()
+    engine = CountingEngine(plumbing_segmenter.engine, fail_in_call=3)
+    outcome = {}
+
+    def run():  # on a thread of its own, as in Slicer, so that a hang fails the test instead of blocking it
+        try:
+            segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine),
+                          SegmentationOptions(batch_size=2, overlap_network=True))
+        except BaseException as exc:  # noqa: BLE001 - the test inspects whatever arrives
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "segment_image hung after the engine failed"
+    error = outcome.get("error")
+    assert type(error) is CountingEngine.Failure and str(error) == "engine failed in call 3"
+    assert engine.calls <= 4 and threading.active_count() == threads_before and _no_worker_left()
+
+
+def test_overlap_by_default_only_with_cores_to_spare_and_sleeping_threads(monkeypatch, plumbing_segmenter):
+    from KDSegmentationLib.inference import pipeline
+
+    class Spinning:
+        spinning = True
+
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
+    assert pipeline.network_overlap_helps(plumbing_segmenter.engine) is (not plumbing_segmenter.engine.spinning)
+    assert not pipeline.network_overlap_helps(Spinning())
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 1)
+    assert not pipeline.network_overlap_helps(plumbing_segmenter.engine)
+
+
+def test_stage_clock_partitions_the_wall_time_of_overlapping_stages():
+    clock = StageClock()
+    for start, end in ((1.0, 3.0), (4.0, 6.0)):  # network calls
+        clock.add("infer", start, end)
+    clock.add("preprocess", 0.0, 2.0)  # half overlapped
+    clock.add("preprocess", 3.0, 3.5)  # between calls: exposed
+    clock.add("postprocess", 2.5, 4.5)  # overlaps the end of one call and the start of the next
+    clock.add("postprocess", 5.0, 5.5)  # inside a call: hidden
+    assert clock.busy() == {"preprocess": 2.5, "infer": 4.0, "postprocess": 2.5}
+    assert clock.exposed() == pytest.approx({"preprocess": 1.5, "infer": 4.0, "postprocess": 1.0})
+    with pytest.raises(ValueError, match="unknown stage 'read'"):
+        clock.add("read", 0.0, 1.0)
