@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from KDSegmentationLib.imaging.orientation import to_canonical
 from KDSegmentationLib.inference.preprocessing import window_to_unit
-from KDSegmentationLib.inference.slice_resampling import argmax_resized, axis_weights, resize_channels, resize_slices
+from KDSegmentationLib.inference.slice_resampling import (_cell_corners, _contending_classes, argmax_resized,
+                                                         axis_weights, resize_channels, resize_slices)
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,76 @@ def test_shape_errors_are_explicit():
         resize_channels(np.zeros((3, 4, 4)), (2, 2))
     with pytest.raises(ValueError, match="uint8"):
         argmax_resized(np.zeros((1, 2, 4, 4), np.float32), (4, 4), out=np.zeros((1, 4, 4), np.int32))
+
+
+def test_argmax_with_tied_classes_on_organ_maps_is_exact(shared_data):
+    """Boundary cells interpolate only the classes that can win there: exact ties between classes (the lower
+    class wins) and a patch where all nine classes tie (all contend) give the full argmax."""
+    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz"))))[84:90]
+    organ_ids = [52, 4, 3, 2, 5, 7, 1, 6]
+    onehot = np.stack([~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids], axis=1).astype(np.float32)
+    logits = 8 * resize_slices(onehot, (48, 40)) - 4
+    logits[:, 4] = logits[:, 3]  # the left kidney's scores for the right kidney too: 3 wins every tie
+    logits[:, :, 20:24, 10:16] = np.float32(1.5)  # every class ties in a patch ...
+    logits[:, 7, 22, 12] += np.float32(1e-6)  # ... but at one pixel
+    for out_hw in ((512, 512), (300, 211), (37, 29)):
+        expected = resize_channels(logits, out_hw).argmax(axis=1)
+        np.testing.assert_array_equal(argmax_resized(logits, out_hw), expected, err_msg=str(out_hw))
+
+
+def test_classes_left_out_of_a_cell_never_win_its_float32_blend():
+    """Near-ties (a few float32 steps apart, scores up to 1e4): a class the contender test leaves out loses at
+    every pixel of the cell under the blend's exact float32 arithmetic, at any weights."""
+    rng = np.random.default_rng(5)
+    cells, classes = 4000, 9
+    scale = np.float32(10.0) ** rng.integers(-2, 5, (cells, 1)).astype(np.float32)
+    base = rng.normal(size=(cells, classes))  # a class's four corner scores lie close together, as in real maps
+    corners = [((base + rng.normal(0, 0.2, base.shape)) * scale).astype(np.float32) for _ in range(4)]
+    for corner in corners:  # class 1 .. 3 steps below class 0 at some corners, class 4 a tiny bit above class 2
+        corner[:, 1] = np.nextafter(np.nextafter(corner[:, 0], -np.inf), -np.inf)
+        corner[:, 4] = corner[:, 2] + np.abs(corner[:, 2]) * np.float32(1e-6)
+    classes_of, first, counts = _contending_classes(corners)
+    contending = np.zeros((cells, classes), bool)
+    contending[np.repeat(np.arange(cells), counts), classes_of] = True
+    assert 1 < counts.mean() < classes - 2  # some classes are left out, near-ties are kept
+    top_left, bottom_left, top_right, bottom_right = (c.T[:, :, None, None] for c in corners)  # (C, M, 1, 1)
+    weights = np.concatenate([np.linspace(0, 1, 11), rng.random(5)]).astype(np.float32)
+    fy, fx = weights[:, None], weights[None, :]
+    left = top_left + (bottom_left - top_left) * fy
+    right = top_right + (bottom_right - top_right) * fy
+    winners = (left + (right - left) * fx).argmax(axis=0)  # (M, 16, 16): the blend of resize_slices
+    assert np.take_along_axis(contending, winners.reshape(cells, -1), axis=1).all()
+
+
+def test_argmax_contenders_hold_every_class_that_wins_a_cell_pixel(shared_data):
+    """The contenders of a real organ map's boundary cells include every class the full computation picks
+    there, and leave most classes out (so the shortcut is taken)."""
+    seg = sitk.GetArrayFromImage(to_canonical(sitk.ReadImage(
+        str(shared_data / "ct" / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz"))))[84:88]
+    organ_ids = [52, 4, 3, 2, 5, 7, 1, 6]
+    onehot = np.stack([~np.isin(seg, organ_ids)] + [seg == i for i in organ_ids], axis=1).astype(np.float32)
+    logits = 8 * resize_slices(onehot, (32, 32)) - 4 + np.random.default_rng(0).normal(
+        0, 0.5, (4, 9, 32, 32)).astype(np.float32)
+    full = resize_channels(logits, (128, 128)).argmax(axis=1)
+    batch, cell_y, cell_x = np.nonzero(np.ones((4, 32, 32), bool))  # every cell
+    next_pixel = np.minimum(np.arange(32) + 1, 31)
+    classes, _, counts = _contending_classes(_cell_corners(logits, batch, cell_y, cell_x, next_pixel, next_pixel))
+    contending = np.zeros((4, 32, 32, 9), bool)
+    contending.reshape(-1, 9)[np.repeat(np.arange(batch.size), counts), classes] = True
+    lo = axis_weights(32, 128)[0]  # the cell of each output row and column
+    n, y, x = np.indices(full.shape)
+    assert contending[n, lo[y], lo[x], full].all()
+    assert counts.mean() < 2 and counts.max() >= 3  # of 9 classes
+
+
+def test_argmax_writes_through_reversed_views(real_slices):
+    """The pipeline writes labels through a view of the map in the input's voxel order (axes reversed)."""
+    small = resize_slices(real_slices, (40, 40))
+    logits = np.stack([small * c - c for c in range(4)], 1).astype(np.float32)
+    expected = argmax_resized(logits, (100, 90))
+    for flip in ((slice(None, None, -1),) * 3, (slice(None), slice(None, None, -1)),
+                 (slice(None), slice(None), slice(None, None, -1))):
+        base = np.zeros((6, 100, 90), np.uint8)
+        argmax_resized(logits, (100, 90), out=base[flip])
+        np.testing.assert_array_equal(base[flip], expected)

@@ -136,10 +136,135 @@ def _argmax_running_max(logits: np.ndarray, rows: Taps, cols: Taps) -> np.ndarra
     return labels
 
 
+def _cell_corners(logits: np.ndarray, batch: np.ndarray, cell_y: np.ndarray, cell_x: np.ndarray,
+                  below: np.ndarray, right: np.ndarray) -> Tuple[np.ndarray, ...]:
+    """Every class's scores at the four corners of cells ``(batch[m], cell_y[m], cell_x[m])``.
+
+    Args:
+        logits: (N, C, h, w) scores.
+        batch, cell_y, cell_x: (M,) cell indices.
+        below, right: (h,) and (w,) row below and column right of each (clamped at the edge).
+
+    Returns:
+        top left, bottom left, top right, bottom right: four (M, C) arrays of ``logits``' dtype.
+    """
+    n, classes, h, w = logits.shape
+    flat = logits.reshape(-1)
+    top_left = ((batch * classes * h + cell_y) * w + cell_x)[:, None] + np.arange(classes) * (h * w)  # (M, C)
+    down = ((below - np.arange(h)) * w)[cell_y][:, None]  # 0 on the last row
+    across = (right - np.arange(w))[cell_x][:, None]  # 0 on the last column
+    return (flat.take(top_left), flat.take(top_left + down), flat.take(top_left + across),
+            flat.take(top_left + down + across))
+
+
+# Rounding bound of the two linear blends, relative to the largest corner score of a cell:
+# each blend is three float32 operations (error a few units of 2**-24 of that score);
+# 2**-12 leaves a wide safety factor and still excludes all but 2 or 3 classes per cell.
+_CONTENDER_MARGIN = 2.0 ** -12
+
+
+def _contending_classes(corners: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell, the classes that can win one of its interpolated pixels, in ascending order.
+
+    An interpolated score lies between the lowest and the highest of its four corner
+    scores (up to rounding). A class whose highest corner score is below another class's
+    lowest one by more than the rounding bound (``_CONTENDER_MARGIN`` of the cell's
+    largest score) loses to it at every pixel of the cell, so it can be left out: the
+    remaining classes, still in ascending order (ties go to the lower index, as with
+    ``argmax``), give the same winner with the same float32 scores.
+
+    Args:
+        corners: four (M, C) float32 arrays, the scores at each cell's four corners.
+
+    Returns:
+        ``(classes, first, counts)``: the contenders of every cell, cell after cell, each
+        cell's ascending (intp); (M,) where each cell's contenders start in ``classes``;
+        (M,) how many there are (>= 1).
+    """
+    highest = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
+    lowest = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
+    scale = np.maximum(np.abs(highest).max(axis=1), np.abs(lowest).max(axis=1))  # (M,)
+    contending = highest + (scale * _CONTENDER_MARGIN)[:, None] >= lowest.max(axis=1)[:, None]
+    counts = np.count_nonzero(contending, axis=1)
+    classes = np.nonzero(contending)[1]  # row by row, ascending within a row
+    return classes, np.cumsum(counts) - counts, counts
+
+
 def _pixel_runs(lo: np.ndarray, n_in: int) -> Tuple[np.ndarray, np.ndarray]:
     """For each input index i: the first output pixel whose lower tap is i, and how many there are."""
     counts = np.bincount(lo, minlength=n_in)
     return np.cumsum(counts) - counts, counts
+
+
+def _interpolated_cell_labels(corners: Sequence[np.ndarray], contender: np.ndarray, fy: np.ndarray,
+                              fx: np.ndarray) -> np.ndarray:
+    """Winning class at each pixel of M cells, from K contending classes' corner scores.
+
+    Each class's scores are blended along y, then x, with the float32 operations of
+    :func:`resize_slices` (``a + (b - a) * f``; the sum is taken as ``(b - a) * f + a``,
+    which rounds the same), class by class over flat pixel arrays: numpy's loops then run
+    over all pixels instead of over K classes at a time.
+
+    Args:
+        corners: top left, bottom left, top right, bottom right: four (K, M) float32 scores.
+        contender: (M, K) class of each contender, ascending (ties go to the lower class).
+        fy: (M, n_rows) weight of the bottom corners at each pixel row of each cell.
+        fx: (M, n_cols) weight of the right corners at each pixel column.
+
+    Returns:
+        (M, n_rows, n_cols) uint8 classes.
+    """
+    top_left, bottom_left, top_right, bottom_right = corners
+    (m, contending), n_rows, n_cols = contender.shape, fy.shape[1], fx.shape[1]
+    left = top_left[:, :, None] + (bottom_left - top_left)[:, :, None] * fy  # (K, M, n_rows)
+    right = top_right[:, :, None] + (bottom_right - top_right)[:, :, None] * fy
+    scores = np.repeat((right - left).reshape(contending, -1), n_cols, axis=1)  # (K, M * n_rows * n_cols)
+    scores *= np.broadcast_to(fx[:, None, :], (m, n_rows, n_cols)).reshape(-1)
+    scores += np.repeat(left.reshape(contending, -1), n_cols, axis=1)
+    best = scores[0]
+    labels = np.empty((m, n_rows * n_cols), dtype=np.uint8)
+    labels[...] = contender[:, :1]
+    for k in range(1, contending):
+        better = (scores[k] > best).reshape(m, -1)
+        np.copyto(best, scores[k], where=better.reshape(-1))
+        np.copyto(labels, contender[:, k:k + 1].astype(np.uint8), where=better)
+    return labels.reshape(m, n_rows, n_cols)
+
+
+def _cell_pixels(runs: Tuple[np.ndarray, np.ndarray], cells: np.ndarray) -> np.ndarray:
+    """(M, n) output pixels (along one axis) of each of ``cells`` (each with at least one pixel), n being the
+    most any cell has; a cell with fewer pixels repeats its last one.
+
+    Args:
+        runs: from :func:`_pixel_runs`, per source index its first output pixel and count.
+        cells: (M,) source indices (cell rows or columns).
+    """
+    first, count = runs
+    steps = np.minimum(np.arange(int(count.max())), count[cells][:, None] - 1)
+    return first[cells][:, None] + steps
+
+
+def _spread(source: np.ndarray, lo_y: np.ndarray, lo_x: np.ndarray, out: np.ndarray) -> None:
+    """``out[n, y, x] = source[n, lo_y[y], lo_x[x]]``, also fast when ``out`` is a flipped view.
+
+    The pipeline writes through a view of the label map in the input's voxel order, which
+    for most CTs runs backwards along the rows and/or columns. numpy's ``take`` writes
+    straight into a C-contiguous ``out`` only (otherwise into a buffer copied back element
+    by element, 5x the whole gather), so reversed axes are turned forwards on both sides.
+
+    Args:
+        source: (N, h, w) uint8 classes on the model grid.
+        lo_y, lo_x: (out_h,) and (out_w,) source row and column of each output pixel.
+        out: (N, out_h, out_w) uint8 array or view.
+    """
+    if out.strides[0] < 0:
+        out, source = out[::-1], source[::-1]
+    if out.strides[1] < 0:
+        out, lo_y = out[:, ::-1], lo_y[::-1]
+    if out.strides[2] < 0:
+        out, lo_x = out[:, :, ::-1], lo_x[::-1]
+    # mode="clip" (the indices are valid): no index-checking buffer either.
+    np.take(np.take(source, lo_x, axis=2), lo_y, axis=1, out=out, mode="clip")
 
 
 def _report_extents(extents, labels: np.ndarray, first_slice: int) -> None:
@@ -161,23 +286,20 @@ def _report_cell_extents(extents, source: np.ndarray, first_slice: int, y_runs, 
                                  x_start[cols[-1]] + x_count[cols[-1]] - 1))
 
 
-def _report_interpolated_extents(extents, labels: np.ndarray, slices: np.ndarray, rows: np.ndarray,
-                                 cols: np.ndarray, classes: int) -> None:
+def _report_interpolated_extents(extents, won: np.ndarray, slices: np.ndarray, top: np.ndarray,
+                                 bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
     """Boxes of the whole cells in which each class won at least one interpolated pixel (a superset).
 
     Args:
-        labels: (M, n_rows, n_cols) classes of the pixels of M cells.
+        won: (M, C) whether class c won a pixel of cell m.
         slices: (M,) slice index of each cell in the map ``extents`` describes.
-        rows, cols: (M, n_rows) and (M, n_cols) pixel rows and columns of each cell.
-        classes: number of classes C (labels < C).
+        top, bottom, left, right: (M,) first and last pixel row and column of each cell.
     """
-    won = np.zeros((labels.shape[0], classes), dtype=bool)  # (M, C): which classes won a pixel of each cell
-    won[np.arange(labels.shape[0])[:, None], labels.reshape(labels.shape[0], -1)] = True
     for value in np.flatnonzero(won.any(axis=0)).tolist():
         cells = won[:, value]
-        z, top, bottom = slices[cells], rows[cells, 0], rows[cells, -1]
-        left, right = cols[cells, 0], cols[cells, -1]
-        extents.include_box(value, (z.min(), top.min(), left.min()), (z.max(), bottom.max(), right.max()))
+        z = slices[cells]
+        extents.include_box(value, (z.min(), top[cells].min(), left[cells].min()),
+                            (z.max(), bottom[cells].max(), right[cells].max()))
 
 
 def argmax_resized(logits: np.ndarray, out_hw: Sequence[int], out: Optional[np.ndarray] = None,
@@ -215,9 +337,10 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
     by an index gather, and only the pixels of cells whose four corners disagree, i.e.
     near class boundaries, are interpolated, with the same float32 operations in the
     same order as :func:`resize_slices` (a cell's corner differences are computed once
-    for all its pixels, which rounds identically). Full-resolution memory stays a few
-    uint8 maps. (Only float rounding at a near-exact tie between two classes could make
-    this differ from resizing all ``C`` maps.)
+    for all its pixels, which rounds identically), and only for the classes that can
+    win somewhere in the cell (:func:`_contending_classes`: mostly two of the C).
+    Full-resolution memory stays a few uint8 maps. (Only float rounding at a near-exact
+    tie between two classes could make this differ from resizing all ``C`` maps.)
 
     Args:
         logits: ``(N, C, h, w)`` scores (logits or probabilities), 1 <= C <= 256.
@@ -264,35 +387,31 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
         return out
     y_runs, x_runs = _pixel_runs(lo_y, h), _pixel_runs(lo_x, w)
     # Columns first (on the small map), then rows straight into ``out``: 5x less work than
-    # rows first into a full-size temporary. mode="clip" (the indices are valid) writes
-    # without numpy's intermediate buffer.
-    np.take(np.take(source, lo_x, axis=2), lo_y, axis=1, out=out, mode="clip")
+    # rows first into a full-size temporary.
+    _spread(source, lo_y, lo_x, out)
     if extents is not None:
         _report_cell_extents(extents, source, first_slice, y_runs, x_runs)
+    mixed &= (y_runs[1] > 0)[:, None] & (x_runs[1] > 0)  # cells past the slice's edge have no pixel
     batch, cell_y, cell_x = np.nonzero(mixed)
-    pixels_y, pixels_x = y_runs[1][cell_y], x_runs[1][cell_x]
-    # Cells with the same number of pixel rows and columns are interpolated together.
-    groups = pixels_y.astype(np.int64) * (shape[2] + 1) + pixels_x
-    ordered = np.sort(groups)  # distinct sizes without np.unique, which imports numpy.ma (slow start-up)
-    for group in ordered[np.flatnonzero(np.diff(ordered, prepend=-1))]:
-        n_rows, n_cols = divmod(int(group), shape[2] + 1)
-        if n_rows == 0 or n_cols == 0:
-            continue
-        pick = groups == group
-        b, i, k = batch[pick], cell_y[pick], cell_x[pick]
-        rows = y_runs[0][i][:, None] + np.arange(n_rows)  # (M, n_rows) output rows of each cell
-        cols = x_runs[0][k][:, None] + np.arange(n_cols)  # (M, n_cols)
-        i1, k1 = hi_y[rows[:, 0]], hi_x[cols[:, 0]]
-        top_left, bottom_left = logits[b, :, i, k], logits[b, :, i1, k]  # (M, C)
-        top_right, bottom_right = logits[b, :, i, k1], logits[b, :, i1, k1]
-        fy = w_y[rows][:, :, None]  # (M, n_rows, 1)
-        fx = w_x[cols][:, None, :, None]  # (M, 1, n_cols, 1)
-        # y first, then x: the same operations, in the same order, as resize_slices.
-        left = top_left[:, None] + (bottom_left - top_left)[:, None] * fy  # (M, n_rows, C)
-        right_ = top_right[:, None] + (bottom_right - top_right)[:, None] * fy
-        scores = left[:, :, None] + (right_ - left)[:, :, None] * fx  # (M, n_rows, n_cols, C)
-        labels = _class_argmax(scores, axis=3)
-        out[b[:, None, None], rows[:, :, None], cols[:, None, :]] = labels
-        if extents is not None:
-            _report_interpolated_extents(extents, labels, b + first_slice, rows, cols, classes)
+    corners = _cell_corners(logits, batch, cell_y, cell_x, below, right)
+    contenders, first_contender, counts = _contending_classes(corners)
+    # Every cell is computed on as many pixel rows and columns as the largest cell has: a smaller cell's
+    # extra rows and columns repeat its last one (the same pixel, computed and written twice alike), so
+    # cells are grouped only by their number of contenders.
+    rows = _cell_pixels(y_runs, cell_y)  # (M, n_rows) output rows of each cell
+    cols = _cell_pixels(x_runs, cell_x)  # (M, n_cols)
+    fy, fx = w_y[rows], w_x[cols]
+    won = np.zeros((batch.size, classes), dtype=bool) if extents is not None else None
+    for contending in np.flatnonzero(np.bincount(counts)).tolist():
+        pick = np.flatnonzero(counts == contending)
+        contender = contenders[first_contender[pick][:, None] + np.arange(contending)]  # (M, K) ascending
+        labels = _interpolated_cell_labels([c[pick[:, None], contender].T for c in corners], contender,
+                                           fy[pick], fx[pick])  # (M, n_rows, n_cols)
+        out[batch[pick][:, None, None], rows[pick][:, :, None], cols[pick][:, None, :]] = labels
+        if won is not None:
+            for k in range(contending):
+                won[pick, contender[:, k]] = (labels == contender[:, k, None, None]).any(axis=(1, 2))
+    if won is not None:
+        _report_interpolated_extents(extents, won, batch + first_slice, rows[:, 0], rows[:, -1], cols[:, 0],
+                                     cols[:, -1])
     return out
