@@ -182,6 +182,12 @@ def test_intensity_checks_on_real_ct(ct_dir):
             reject_unusable_values(with_nan)
     with pytest.raises(InputImageError, match="constant"):
         reject_unusable_values(np.full((4, 20, 20), -1000, np.int16))
+    reject_unusable_values(hu)
+    almost = np.full((4, 64, 64), -1000, np.int16)  # larger than the sample: one voxel between sampled ones
+    almost[0, 0, 1] = 40
+    reject_unusable_values(almost)
+    with pytest.raises(InputImageError, match="constant"):
+        reject_unusable_values(np.full((4, 64, 64), 7, np.uint8))
 
 
 def test_written_file_has_normal_permissions(tmp_path):

@@ -24,14 +24,24 @@ _log = logging.getLogger("KDSegmentationLib")
 # A lowest value above this threshold means the values are not HU (or the volume was
 # cropped to soft tissue, which the model was not trained on either).
 _NO_AIR_ABOVE_HU = -200.0
+# Voxels looked at before the full passes (a strided sample: a few thousand cache lines).
+_SAMPLE_VOXELS = 4096
 
 
 def reject_unusable_values(array: np.ndarray, source: str = "input") -> None:
     """Raise if ``array`` holds NaN/inf or a single value.
 
+    Integer voxels cannot be NaN or infinite, so two different values in a sparse sample
+    prove them usable without the full passes of minimum and maximum (5 ms of the read
+    stage for a 512 x 512 x 150 int16 CT; the pipeline takes both later for its warnings).
+
     Raises:
         InputImageError: non-finite values, or a constant volume.
     """
+    if array.dtype.kind in "iub" and array.flags.c_contiguous and array.size:
+        sample = array.reshape(-1)[::max(1, array.size // _SAMPLE_VOXELS)]
+        if sample.min() != sample.max():
+            return
     _reject_unusable_range(array, array.min(), array.max(), source)
 
 
