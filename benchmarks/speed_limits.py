@@ -2,7 +2,8 @@
 
     python benchmarks/speed_limits.py [--ct FILE.nii.gz] [--slices 150] [--batch 8]
                                       [--batches 4,8,16,32] [--threads 2] [--runs 8]
-                                      [--onnx FILE] [--skip-kdseg] [--json FILE]
+                                      [--option-batches 8,16] [--onnx FILE]
+                                      [--skip-kdseg] [--json FILE]
 
 Two questions of issue 12, answered side by side in one run on this machine:
 
@@ -27,7 +28,10 @@ Two questions of issue 12, answered side by side in one run on this machine:
     MatMul at its isolated rate and everything else free (the most any graph-level
     clean-up or session option can reach with these layer shapes), and the same with the
     other kernels (resize, concat, layout reorders, layer norms...) at their measured
-    time. A batch-size sweep repeats the network rate and both bounds per batch. The
+    time. A batch-size sweep repeats the network rate and both bounds per batch, and the
+    session options an ONNX Runtime user could change (graph optimisation level, memory
+    pattern and arena, threads, config keys ONNX Runtime 1.32 reads) are timed one change
+    at a time against kdseg's, interleaved. The
     network's own rate is its useful FLOPs over the median un-profiled run (best run too).
     ``--onnx`` profiles another graph of the same model (e.g. a rewritten export): its
     useful FLOPs are its own, so compare times, not rates, when a rewrite removes work.
@@ -411,6 +415,80 @@ def print_network(limits: Dict[str, object], peak: float) -> Dict[str, object]:
             "bound_with_other_kernels_share_of_peak": bound_other / peak}
 
 
+def option_variants(threads: Optional[int], spinning: bool) -> Dict[str, object]:
+    """kdseg's session options and the variations an ONNX Runtime user could set instead.
+
+    Every variant changes one thing against kdseg's options (``_session_options``); the
+    config keys are ones ONNX Runtime 1.32 reads.
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # overwriting a config entry logs a warning
+
+    def variant(threads=threads, level=None, mem_pattern=None, arena=None, entries=()):
+        options = _session_options(threads, spinning=spinning)
+        if level is not None:
+            options.graph_optimization_level = level
+        if mem_pattern is not None:
+            options.enable_mem_pattern = mem_pattern
+        if arena is not None:
+            options.enable_cpu_mem_arena = arena
+        for key, value in entries:
+            options.add_session_config_entry(key, value)
+        return options
+
+    level = ort.GraphOptimizationLevel
+    return {"kdseg's options": variant(),
+            "ORT_ENABLE_EXTENDED": variant(level=level.ORT_ENABLE_EXTENDED),
+            "ORT_ENABLE_BASIC": variant(level=level.ORT_ENABLE_BASIC),
+            "no memory pattern": variant(mem_pattern=False),
+            "no CPU memory arena": variant(arena=False),
+            "denormals as zero": variant(entries=[("session.set_denormal_as_zero", "1")]),
+            "dynamic_block_base 4": variant(entries=[("session.dynamic_block_base", "4")]),
+            "NCHWc pointwise batch 256": variant(entries=[("mlas.nchwc_pointwise_conv_max_input_channel_batch",
+                                                           "256")]),
+            "1 thread": variant(threads=1),
+            f"{(threads or 2) + 1} threads": variant(threads=(threads or 2) + 1)}
+
+
+def options_sweep(onnx_path: Path, img_size: int, threads: Optional[int], spinning: bool, batches: Sequence[int],
+                  repeats: int) -> Dict[str, Dict[int, List[float]]]:
+    """Seconds per slice of every :func:`option_variants` session per batch, repeats interleaved."""
+    import onnxruntime as ort
+
+    sessions = {name: ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+                for name, options in option_variants(threads, spinning).items()}
+    rng = np.random.default_rng(3)
+    name = next(iter(sessions.values())).get_inputs()[0].name
+    feeds = {b: {name: rng.random((b, 1, img_size, img_size), dtype=np.float32)} for b in batches}
+    times: Dict[str, Dict[int, List[float]]] = {v: {b: [] for b in batches} for v in sessions}
+    for session in sessions.values():
+        for b in batches:
+            session.run(None, feeds[b])
+    for _ in range(repeats):
+        for b in batches:
+            for variant, session in sessions.items():
+                start = time.perf_counter()
+                session.run(None, feeds[b])
+                times[variant][b].append((time.perf_counter() - start) / b)
+    return times
+
+
+def print_options(times: Dict[str, Dict[int, List[float]]]) -> Dict[str, Dict[int, float]]:
+    batches = list(next(iter(times.values())))
+    base = {b: float(np.median(times["kdseg's options"][b])) for b in batches}
+    print("\n  session options, one change each against kdseg's (median ms per slice, interleaved; "
+          "ratio: kdseg's time / this one's, > 1 is faster):")
+    print(f"    {'variant':<28}" + "".join(f"{'batch ' + str(b):>20}" for b in batches))
+    table = {}
+    for variant, per in times.items():
+        medians = {b: float(np.median(v)) for b, v in per.items()}
+        table[variant] = {b: base[b] / medians[b] for b in batches}
+        print(f"    {variant:<28}" + "".join(f"{1e3 * medians[b]:>11.3f} ({base[b] / medians[b]:.2f}x)"
+                                              for b in batches))
+    return table
+
+
 def best_of(run: Callable[[], object], repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -467,6 +545,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (and the peak's)")
     parser.add_argument("--sleeping", action="store_true",
                         help="sleeping idle threads (kdseg --thread-spinning off) instead of spinning during a run")
+    parser.add_argument("--option-batches", default="8,16",
+                        help="batch sizes of the session-options comparison ('' skips it)")
     parser.add_argument("--runs", type=int, default=12, help="runs per profiling session (kernels: best)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each floor measurement (best)")
     parser.add_argument("--skip-kdseg", action="store_true", help="no kdseg segment run (write floor on a "
@@ -498,6 +578,9 @@ def main() -> int:
             if batch != args.batch:
                 sweep[batch] = network_limits(onnx_path, batch, img_size, args.threads, spinning, args.runs, tmp)
         sweep[args.batch] = limits
+        option_batches = [int(b) for b in args.option_batches.split(",") if b.strip()]
+        options = options_sweep(onnx_path, img_size, args.threads, spinning, option_batches, args.runs) \
+            if option_batches else None
 
         startup = startup_floor(args.repeats)
         file_read_s, decode = decode_floor(ct, args.repeats)
@@ -534,6 +617,9 @@ def main() -> int:
                                          "bound_with_other_kernels": other / peak}
         print(f"    {batch:>6}{1e3 * lim['profile']['run_s'] / batch:>10.3f}{100 * rate / peak:>8.0f}%"
               f"{100 * free / peak:>17.0f}%{100 * other / peak:>24.0f}%")
+
+    if options is not None:
+        figures["session_options_speedup"] = print_options(options)
 
     network_s = limits["profile"]["run_s"] / args.batch * slices
     decoder, decode_s = min(decode.items(), key=lambda item: item[1])
