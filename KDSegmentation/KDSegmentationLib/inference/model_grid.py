@@ -240,13 +240,14 @@ def _input_operators(grid: "ModelGrid", h: int, w: int, sy: float, sx: float, fl
         p = float(grid.pixel_spacing_mm)  # type: ignore[arg-type]
         sigma_y, sigma_x = (p / sy - 1.0) / 2.0, (p / sx - 1.0) / 2.0
     # The columns are resampled second, on S_y rows; the rows first, on the columns the column operator reads.
+    # Block sizes: the fastest of 4/6/8 rows x 8/16 columns on the benchmark CT (512 px at 0.6-0.7 mm -> 3 mm).
     cols = BandedOperator.from_matrix(_axis_matrix(taps_x, w, sigma_x), other_length=grid.height,
-                                      max_block_rows=16)
+                                      max_block_rows=8)
     if flip_x:
         cols = cols.reversed_input()
     start, stop = cols.support
     rows = BandedOperator.from_matrix(_axis_matrix(taps_y, h, sigma_y), other_length=max(1, stop - start),
-                                      max_block_rows=8)
+                                      max_block_rows=4)
     if flip_y:
         rows = rows.reversed_input()
     response = np.outer(rows.row_sums(), cols.row_sums()).astype(np.float32)
