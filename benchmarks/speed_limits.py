@@ -1,7 +1,7 @@
 """How fast `kdseg segment` could be on this machine: the network against MLAS per layer, the rest at its floor.
 
     python benchmarks/speed_limits.py [--ct FILE.nii.gz] [--slices 150] [--batch 8]
-                                      [--batches 4,8,16,32] [--threads 2] [--runs 8]
+                                      [--batches 4,8,16,32] [--threads 2] [--runs 12]
                                       [--option-batches 8,16] [--onnx FILE]
                                       [--skip-kdseg] [--json FILE]
 
@@ -77,6 +77,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from KDSegmentationLib.inference.onnx_engine import _session_options
+from KDSegmentationLib.inference.thread_limits import usable_cores
 from KDSegmentationLib.weights.model_registry import load_registry
 from segment_volume import mlas_peak_gflops, resampled_ct, run_kdseg
 
@@ -587,7 +588,7 @@ def main() -> int:
         volume = sitk.GetArrayFromImage(sitk.ReadImage(str(ct)))
         slices = volume.shape[0]
         copy_s, copy_gbs = memory_pass(volume, 2 * args.repeats)
-        input_mb = volume.nbytes / 1e6
+        input_mb, file_mb = volume.nbytes / 1e6, ct.stat().st_size / 1e6
         del volume
         kdseg = None
         if args.skip_kdseg:
@@ -624,12 +625,12 @@ def main() -> int:
     network_s = limits["profile"]["run_s"] / args.batch * slices
     decoder, decode_s = min(decode.items(), key=lambda item: item[1])
     floor = {"start-up + imports (fresh process)": startup["import numpy, SimpleITK, onnxruntime"],
-             f"read the file's {ct.stat().st_size / 1e6:.0f} MB (page cache)": file_read_s,
+             f"read the file's {file_mb:.0f} MB (page cache)": file_read_s,
              f"gzip decode ({decoder})": decode_s,
              f"one memory pass over the input ({input_mb:.0f} MB copy)": copy_s,
              "write the uint8 label map (.nii.gz, ITK)": write_s}
     floor_s = sum(floor.values())
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     sequential = floor_s / (floor_s + network_s)
     overlapped = (floor_s / cores) / (floor_s / cores + network_s)
     print(f"\n(2) Floor of the not-network work, {slices}-slice CT {ct.name} (best of {args.repeats}):")
