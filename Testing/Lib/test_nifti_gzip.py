@@ -98,6 +98,23 @@ def test_other_scalings_are_left_to_itk(shared_data, tmp_path, name, slope, inte
     np.testing.assert_allclose(sitk.GetArrayViewFromImage(expected), raw * slope + intercept, rtol=1e-6, atol=1e-5)
 
 
+def test_volume_stored_as_4d_with_one_time_point_reads_as_itk_reads_it(shared_data, tmp_path):
+    """dim[0] = 4 with dim[4] = 1 is a 3D volume to ITK: the single decode takes it; two time points do not."""
+    source = shared_data / "ct" / "totalsegmentator_example" / "example_ct_sm.nii.gz"
+    stream = bytearray(gzip.decompress(source.read_bytes()))
+    struct.pack_into("<2h", stream, 40, 4, 122)  # dim[0], dim[1] (unchanged)
+    struct.pack_into("<h", stream, 48, 1)  # dim[4]
+    one = tmp_path / "one_time_point.nii.gz"
+    one.write_bytes(gzip.compress(bytes(stream), compresslevel=1))
+    expected = sitk.ReadImage(str(one))
+    assert expected.GetDimension() == 3
+    assert_same_image(read_nifti_gz(one), expected, "dim[0] = 4, dim[4] = 1")
+    struct.pack_into("<3h", stream, 44, 101, 15, 2)  # dim[2], dim[3] = 15 slices, dim[4] = 2 time points
+    two = tmp_path / "two_time_points.nii.gz"
+    two.write_bytes(gzip.compress(bytes(stream), compresslevel=1))
+    assert read_nifti_gz(two) is None
+
+
 @pytest.mark.parametrize("vox_offset", [float("nan"), float("inf"), -4.0])
 def test_damaged_vox_offset_is_refused_in_one_sentence(shared_data, tmp_path, vox_offset):
     """No byte offset (NaN, infinite, negative): the fast path steps aside, the reader names the field."""

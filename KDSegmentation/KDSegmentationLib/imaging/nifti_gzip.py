@@ -11,8 +11,8 @@ third of the read and 80 MB per 512 x 512 x 150 CT (``benchmarks/read_volume.py`
 Everything about geometry and voxel type comes from ITK's own header reader
 (``ReadImageInformation``), so origin, spacing, direction and pixel type are ITK's to the bit.
 
-Only the plain case is taken: a single-file NIfTI-1 (``n+1``), little-endian, 3D,
-one component, on a little-endian machine, with either unscaled values (``scl_slope``
+Only the plain case is taken: a single-file NIfTI-1 (``n+1``), little-endian, 3D
+(further axes of extent 1 allowed), one component, on a little-endian machine, with either unscaled values (``scl_slope``
 0 or 1 and ``scl_inter`` 0) of a voxel type ITK reads as is, or integer voxels scaled
 by a whole slope and intercept, which ITK turns into float32 values that are computed
 exactly here while the pieces are decompressed (:mod:`.nifti_scaling`; dcm2niix writes
@@ -159,8 +159,11 @@ def _plain_nifti1_layout(header: bytes, size: Sequence[int]) -> Optional[_Layout
     datatype = struct.unpack_from("<h", header, 70)[0]
     vox_offset, slope, intercept = struct.unpack_from("<3f", header, 108)
     dtype = _NIFTI_DTYPES.get(datatype)
-    if dtype is None or dim[0] != 3 or tuple(dim[1:4]) != tuple(size):
+    if dtype is None or not 3 <= dim[0] <= 7 or tuple(dim[1:4]) != tuple(size):
         return None
+    if any(extent != 1 for extent in dim[4:dim[0] + 1]):
+        return None  # a 4th or 5th axis that ITK reads as time points or vector components
+    # (some writers store a 3D volume as 4D with one time point: ITK reads it as 3D, and its bytes are the same)
     if not math.isfinite(vox_offset) or vox_offset != int(vox_offset) or int(vox_offset) < _NIFTI1_HEADER_BYTES:
         return None
     stored = np.dtype(dtype)
