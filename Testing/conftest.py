@@ -52,6 +52,13 @@ def plumbing_size() -> int:
     return card.input.height
 
 
+@pytest.fixture(scope="session")
+def plumbing_registry_writer():
+    """:func:`write_plumbing_registry`, for test folders that have their own conftest.py: in the whole
+    suite ``from conftest import ...`` finds whichever conftest module pytest imported last."""
+    return write_plumbing_registry
+
+
 def write_plumbing_registry(directory: Path, onnx_path: Path, img_size: Optional[int] = None) -> Path:
     """A registry JSON in ``directory`` whose one entry bundles a copy of ``onnx_path`` (tests only)."""
     import hashlib

@@ -7,7 +7,6 @@ import pytest
 import SimpleITK as sitk
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import write_plumbing_registry
 from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
 from kdseg_train.export import export_onnx
 from kdseg_train.models import create_model
@@ -23,7 +22,8 @@ def _ops(model: onnx.ModelProto):
     return [node.op_type for node in model.graph.node]
 
 
-def test_shipped_model_rewritten_gives_the_same_labels_on_real_ct(plumbing_onnx, example_ct, tmp_path):
+def test_shipped_model_rewritten_gives_the_same_labels_on_real_ct(plumbing_onnx, plumbing_registry_writer,
+                                                                   example_ct, tmp_path):
     """The bundled student, rewritten, through the whole pipeline on 24 real CT slices."""
     original = onnx.load(str(plumbing_onnx))
     rewritten, done = rewrite_for_cpu(original)
@@ -40,7 +40,7 @@ def test_shipped_model_rewritten_gives_the_same_labels_on_real_ct(plumbing_onnx,
     ct = example_ct[:, :, 44:68]
     labels = []
     for onnx_path, folder in ((plumbing_onnx, "original"), (path, "rewritten")):
-        registry = write_plumbing_registry(tmp_path / folder, onnx_path)
+        registry = plumbing_registry_writer(tmp_path / folder, onnx_path)
         segmenter = Segmenter.from_registry(device="cpu", registry=registry, allow_download=False, spinning="off")
         labels.append(sitk.GetArrayFromImage(segment_image(ct, segmenter, SegmentationOptions()).labels))
     assert labels[0].any()
