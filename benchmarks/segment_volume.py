@@ -279,24 +279,31 @@ def print_thread_policy(states: Dict[str, object], img_size: int) -> None:
             print(f"    {name:<30}{ms:>8.2f} ({min(runs):.2f}-{max(runs):.2f})")
 
 
-def network_alone_seconds(onnx: Path, img_size: int, slices: int, batch_size: int, threads: Optional[int]
-                          ) -> Tuple[float, float]:
+def network_alone_seconds(onnx: Path, img_size: int, slices: int, batch_size: int, threads: Optional[int],
+                          concurrent_runs: int = 1) -> Tuple[float, float]:
     """CPU seconds (all threads) and wall seconds ONNX Runtime alone spends on ``slices`` slices, batched as kdseg.
 
     CPU time is what a loaded machine distorts least: wall time stretches with other
     processes, the work a process does hardly changes. The wall time is the network's own
     rate with the cores to itself (in kdseg, overlapped stages share them).
+
+    Args:
+        threads: intra-op threads per call (None: ONNX Runtime's default).
+        concurrent_runs: calls in progress at once (kdseg's layout: ``run_layout``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import onnxruntime as ort
     from KDSegmentationLib.inference.onnx_engine import _session_options
 
     session = ort.InferenceSession(str(onnx), _session_options(threads), providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(0).random((batch_size, 1, img_size, img_size), dtype=np.float32)
     session.run(None, {"image": batch})
-    start, wall = time.process_time(), time.perf_counter()
-    for first in range(0, slices, batch_size):
-        session.run(None, {"image": batch[: min(batch_size, slices - first)]})
-    return time.process_time() - start, time.perf_counter() - wall
+    with ThreadPoolExecutor(concurrent_runs) as pool:
+        start, wall = time.process_time(), time.perf_counter()
+        list(pool.map(lambda first: session.run(None, {"image": batch[: min(batch_size, slices - first)]}),
+                      range(0, slices, batch_size)))
+        return time.process_time() - start, time.perf_counter() - wall
 
 
 def export_untrained_teacher(img_size: int, directory: Path) -> Path:
@@ -458,7 +465,14 @@ def main() -> int:
         peaks["mlas"].append(mlas_peak_gflops(args.threads, args.peak_size))
         peaks["torch"].append(torch_peak_gflops(args.threads, args.peak_size))
         onnx_path = args.onnx or (load_registry(registry_path).directory / card.file)
-        network_alone = network_alone_seconds(onnx_path, img_size, args.slices, args.batch_size or 8, args.threads)
+        from KDSegmentationLib.inference.run_layout import run_layout
+
+        layout = run_layout(args.threads)  # this tree's kdseg: concurrent calls x threads per call
+        network_alone = network_alone_seconds(onnx_path, img_size, args.slices, args.batch_size or 8,
+                                              layout.threads_per_run, layout.concurrent_runs)
+        # Older trees (the baseline) ran one call at a time on all threads.
+        network_alone_one_call = network_alone_seconds(onnx_path, img_size, args.slices, args.batch_size or 8,
+                                                       args.threads)
         sweep = None
         if not args.no_sweep:
             sweep = session_sweep(onnx_path, img_size, args.threads)
@@ -471,13 +485,17 @@ def main() -> int:
     print(f"\nfp32 peak ({args.peak_size}^3 MatMul, best before/after the runs): ONNX Runtime MLAS "
           f"{peak:.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['mlas'])}), torch.matmul "
           f"{max(peaks['torch']):.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['torch'])})")
+    print(f"network alone (CPU split, rate with the cores to itself): {layout.concurrent_runs} call(s) at a time x "
+          f"{layout.threads_per_run} thread(s) as this tree's kdseg runs it; the baseline's: one call at a time on "
+          f"{args.threads or 'all'} threads")
     figures = {"model": card.id, "slices": args.slices, "threads": args.threads, "cpus": os.cpu_count(),
                "mlas_peak_gflops": peak, "torch_peak_gflops": max(peaks["torch"]), "peaks_gflops": peaks,
                "student": report(f"student {card.id}", student, args.slices,
                                  macs_per_slice(card.architecture, img_size), peak, network_alone)}
     if baseline is not None:
         figures["baseline"] = report(f"baseline: the same model with kdseg from {args.baseline_src}", baseline,
-                                     args.slices, macs_per_slice(card.architecture, img_size), peak, network_alone)
+                                     args.slices, macs_per_slice(card.architecture, img_size), peak,
+                                     network_alone_one_call)
         figures["baseline_over_current_wall"] = baseline["wall_to_file_s"] / student["wall_to_file_s"]
         print(f"\nbaseline / current: wall to file {figures['baseline_over_current_wall']:.2f}x; label maps "
               f"{'identical' if baseline['labels_identical'] else 'DIFFER'}")

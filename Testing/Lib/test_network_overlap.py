@@ -1,10 +1,12 @@
-"""segment_image with its network calls on a worker thread: same labels, no thread left behind, errors surface.
+"""segment_image with its network calls on worker threads: same labels, no thread left behind, errors surface.
 
 The overlapped run reorders the per-batch work in time only; these tests compare it with
 the step-after-step run on real CT, cancel it part-way, make an engine fail in the third
-batch, and check the wall-time accounting of overlapping stages on known intervals.
+call (two calls at a time, as on a multi-core CPU), and check the wall-time accounting of
+overlapping stages and the thread layout on known numbers.
 """
 
+import itertools
 import threading
 
 import numpy as np
@@ -14,6 +16,7 @@ import SimpleITK as sitk
 from KDSegmentationLib.errors import CancelledError
 from KDSegmentationLib.inference.network_calls import WORKER_NAME
 from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
+from KDSegmentationLib.inference.run_layout import RunLayout, run_layout
 from KDSegmentationLib.inference.stage_clock import StageClock
 from KDSegmentationLib.progress import CancelToken, Stage
 
@@ -39,11 +42,12 @@ class CountingEngine:
     def __init__(self, engine, fail_in_call=None):
         self.engine, self.fail_in_call, self.calls = engine, fail_in_call, 0
         self.device = engine.device
+        self._numbers = itertools.count(1)  # atomic under the GIL: calls come from two threads
 
     def run(self, batch):
-        self.calls += 1
-        if self.calls == self.fail_in_call:
-            raise CountingEngine.Failure(f"engine failed in call {self.calls}")
+        number = self.calls = next(self._numbers)
+        if number == self.fail_in_call:
+            raise CountingEngine.Failure(f"engine failed in call {number}")
         return self.engine.run(batch)
 
 
@@ -63,8 +67,8 @@ def test_overlapped_labels_and_volumes_equal_the_sequential_run(real_crop, shipp
     assert overlapped.overlapped and not sequential.overlapped
     for result in runs.values():
         assert list(result.timings) == list(result.busy) == ["preprocess", "infer", "postprocess"]
-        assert result.busy["infer"] == pytest.approx(result.timings["infer"])
         assert all(result.timings[s] <= result.busy[s] + 1e-9 for s in result.timings)
+    assert sequential.busy == sequential.timings
 
 
 def test_progress_in_slice_order_when_overlapped(real_crop, plumbing_segmenter):
@@ -89,11 +93,11 @@ def test_cancel_mid_run_leaves_no_thread_and_stops_inference(real_crop, plumbing
             token.cancel()
 
     with pytest.raises(CancelledError):
-        segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine),
+        segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine, concurrent_runs=2),
                       SegmentationOptions(batch_size=2, overlap_network=True),
                       progress=cancel_after_two_batches, cancel=token)
     assert threading.active_count() == threads_before and _no_worker_left()
-    assert engine.calls <= 3  # of 10 batches: two spread, at most one more submitted ahead
+    assert engine.calls <= 4  # of 10 batches: two spread, at most two more submitted ahead
 
 
 def test_engine_error_in_third_batch_reaches_the_caller_unchanged(real_crop, plumbing_segmenter):
@@ -103,7 +107,7 @@ def test_engine_error_in_third_batch_reaches_the_caller_unchanged(real_crop, plu
 
     def run():  # on a thread of its own, as in Slicer, so that a hang fails the test instead of blocking it
         try:
-            segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine),
+            segment_image(real_crop, Segmenter(plumbing_segmenter.card, engine, concurrent_runs=2),
                           SegmentationOptions(batch_size=2, overlap_network=True))
         except BaseException as exc:  # noqa: BLE001 - the test inspects whatever arrives
             outcome["error"] = exc
@@ -114,20 +118,25 @@ def test_engine_error_in_third_batch_reaches_the_caller_unchanged(real_crop, plu
     assert not caller.is_alive(), "segment_image hung after the engine failed"
     error = outcome.get("error")
     assert type(error) is CountingEngine.Failure and str(error) == "engine failed in call 3"
-    assert engine.calls <= 4 and threading.active_count() == threads_before and _no_worker_left()
+    assert engine.calls <= 5 and threading.active_count() == threads_before and _no_worker_left()
 
 
-def test_overlap_by_default_only_with_cores_to_spare_and_sleeping_threads(monkeypatch, plumbing_segmenter):
+def test_overlap_by_default_only_with_cores_to_spare(monkeypatch, real_crop, plumbing_segmenter):
     from KDSegmentationLib.inference import pipeline
 
-    class Spinning:
-        spinning = True
+    options = SegmentationOptions(postprocess=False)
+    for cores, overlapped in ((1, False), (2, True)):
+        monkeypatch.setattr(pipeline, "usable_cores", lambda: cores)
+        assert segment_image(real_crop[:, :, :2], plumbing_segmenter, options).overlapped is overlapped
 
-    monkeypatch.setattr(pipeline, "usable_cores", lambda: 2)
-    assert pipeline.network_overlap_helps(plumbing_segmenter.engine) is (not plumbing_segmenter.engine.spinning)
-    assert not pipeline.network_overlap_helps(Spinning())
-    monkeypatch.setattr(pipeline, "usable_cores", lambda: 1)
-    assert not pipeline.network_overlap_helps(plumbing_segmenter.engine)
+
+def test_threads_split_into_at_most_two_concurrent_calls():
+    assert run_layout(None, cores=2) == RunLayout(2, 1)
+    assert run_layout(1, cores=8) == RunLayout(1, 1)
+    assert run_layout(None, cores=8) == RunLayout(2, 4) and run_layout(8).threads == 8
+    assert run_layout(3) == RunLayout(2, 1)  # the third core stays with the pipeline's own thread
+    with pytest.raises(ValueError, match="at least 1"):
+        run_layout(0)
 
 
 def test_stage_clock_partitions_the_wall_time_of_overlapping_stages():
@@ -140,5 +149,9 @@ def test_stage_clock_partitions_the_wall_time_of_overlapping_stages():
     clock.add("postprocess", 5.0, 5.5)  # inside a call: hidden
     assert clock.busy() == {"preprocess": 2.5, "infer": 4.0, "postprocess": 2.5}
     assert clock.exposed() == pytest.approx({"preprocess": 1.5, "infer": 4.0, "postprocess": 1.0})
+    # Concurrent calls: the network's wall time is their union, its busy time their sum.
+    clock.add("infer", 5.0, 7.0)
+    assert clock.busy()["infer"] == 6.0 and clock.exposed()["infer"] == pytest.approx(5.0)
+    assert clock.exposed()["postprocess"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown stage 'read'"):
         clock.add("read", 0.0, 1.0)

@@ -15,12 +15,12 @@ organs' boxes instead of scanning the volume once per organ. Nothing here prints
 global state, so the Slicer module can run it in a worker thread; progress goes to
 a callback and cancellation is checked between batches.
 
-The network call of each batch runs on a worker thread of its own (:class:`NetworkCalls`;
-ONNX Runtime releases the GIL) while the calling thread prepares the next batch and
-spreads the previous batch's labels: the same arithmetic in another order, so the
-labels are identical to a run one step after another. Progress events, cancellation and
-every label write stay on the calling thread; the worker ends before the function returns
-or raises.
+The network calls run on worker threads (:class:`NetworkCalls`; ONNX Runtime releases
+the GIL; on the CPU two one-thread calls at a time, :mod:`.run_layout`) while the calling
+thread prepares the next batch and spreads the finished batches' labels in order: the
+same arithmetic in another order, so the labels are identical to a run one step after
+another. Progress events, cancellation and every label write stay on the calling thread;
+the workers end before the function returns or raises.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from .postprocessing import keep_structures, largest_component_and_fill
 from .preprocessing import window_to_unit
 from .slice_resampling import argmax_resized, axis_weights, resize_slices
 from .stage_clock import StageClock
+from .run_layout import run_layout
 from .thread_limits import usable_cores
 from .thread_spinning import choose_spinning
 
@@ -62,9 +63,6 @@ __all__ = ["SegmentationOptions", "SegmentationResult", "Segmenter", "classify_s
 
 _log = logging.getLogger("KDSegmentationLib")
 
-BATCHES_IN_FLIGHT = 2
-"""Network calls submitted and not yet spread: the running one and the next, so the network never waits for
-this thread while the one after is being prepared; each holds one batch's input and logits (~5 MB at 8 x 128 px)."""
 
 
 @dataclass
@@ -75,11 +73,11 @@ class SegmentationOptions:
         structures: names of structures to keep (None: all the model segments).
         postprocess: keep each organ's largest connected component and fill its holes.
         batch_size: slices per ONNX Runtime call.
-        overlap_network: run each batch's network call on a worker thread while this thread
-            prepares the next batch and spreads the previous one's labels (True), or one
-            step after another (False); None: overlap when the process may use more than
-            one core and the engine's threads do not spin (:func:`network_overlap_helps`).
-            The labels are identical either way.
+        overlap_network: run the network calls on worker threads (the segmenter's
+            ``concurrent_runs`` at a time) while this thread prepares the next batch and
+            spreads the finished ones' labels (True), or one step after another (False);
+            None: overlap when the process may use more than one core
+            (:func:`network_overlap_helps`). The labels are identical either way.
     """
 
     structures: Optional[Sequence[str]] = None
@@ -109,8 +107,9 @@ class SegmentationResult:
         device: "cpu" or "cuda".
         warnings: doubts about the input (e.g. intensities that are not HU).
         busy: seconds each of "preprocess", "infer", "postprocess" worked, overlapping or
-            not (equal to ``timings`` when nothing overlapped).
-        overlapped: whether the network calls ran on a worker thread next to the other stages.
+            not (equal to ``timings`` when nothing overlapped); "infer" sums the calls'
+            durations, which exceeds its wall time when calls ran concurrently.
+        overlapped: whether the network calls ran on worker threads next to the other stages.
     """
 
     labels: sitk.Image
@@ -130,13 +129,18 @@ class Segmenter:
         card: the model's registry entry (input spec, labels).
         engine: anything with ``run(batch (N, 1, H, W) float32) -> logits (N, C, H, W)`` and
             a ``device`` attribute, normally an :class:`InferenceEngine`.
+        concurrent_runs: network calls :func:`segment_image` may have in progress at once
+            (from several threads; :func:`~.run_layout.run_layout` decides it for
+            :meth:`from_registry`'s CPU engines).
 
     Raises:
         RegistryError: the card asks for an input this version cannot produce, or its input size
             disagrees with the ONNX graph.
     """
 
-    def __init__(self, card: ModelCard, engine: InferenceEngine) -> None:
+    def __init__(self, card: ModelCard, engine: InferenceEngine, concurrent_runs: int = 1) -> None:
+        if concurrent_runs < 1:
+            raise ValueError(f"concurrent_runs must be >= 1, got {concurrent_runs}")
         spec = card.input
         if spec.channels != 1:
             raise RegistryError(f"Model {card.id} expects {spec.channels}-channel input; CT slices have one.",
@@ -159,6 +163,7 @@ class Segmenter:
                         "`kdseg-train export`, or fix the card's input section.")
         self.card = card
         self.engine = engine
+        self.concurrent_runs = concurrent_runs
 
     @property
     def device(self) -> str:
@@ -174,7 +179,9 @@ class Segmenter:
         Args:
             model_id: registry id, or None for the default model.
             device: "auto", "cpu" or "cuda".
-            threads: CPU threads for inference (None: ONNX Runtime's default).
+            threads: CPU threads for inference (None: one per usable core), split into
+                concurrent network calls x ONNX Runtime threads per call (:func:`~.run_layout.run_layout`:
+                two one-thread calls on two cores).
             registry: a loaded registry, a registry JSON path, or None for the bundled one.
             allow_download: fetch weights that are neither bundled nor cached.
             progress, cancel: forwarded to the download.
@@ -193,13 +200,17 @@ class Segmenter:
         path = resolve_weights(card, registry.directory, allow_download=allow_download, progress=progress,
                                cancel=cancel, read_timeout=read_timeout)
         report(progress, Stage.LOADING, 0, None, f"Loading {card.id}")
-        # segment_image's own thread works during each network call (it overlaps them): "auto" leaves it a core.
-        engine = InferenceEngine(path, device=device, threads=threads, input_name=card.input.input_name,
-                                 output_name=card.input.output_name, spinning=spinning,
-                                 spinning_choice=functools.partial(choose_spinning, neighbour_threads=1))
+        layout = run_layout(threads)
+        # Next to each call, segment_image's own thread and the other calls' threads work: "auto" leaves them cores.
+        neighbours = layout.threads - layout.threads_per_run + 1
+        engine = InferenceEngine(path, device=device, threads=layout.threads_per_run,
+                                 input_name=card.input.input_name, output_name=card.input.output_name,
+                                 spinning=spinning,
+                                 spinning_choice=functools.partial(choose_spinning, neighbour_threads=neighbours))
         _log.info("Model %s v%s on %s (%s); %s", card.id, card.version, engine.device, engine.device_reason,
                   engine.spinning_reason)
-        return cls(card, engine)
+        # A GPU runs one call at a time anyway; its CPU threads mostly wait for it.
+        return cls(card, engine, layout.concurrent_runs if engine.device == "cpu" else 1)
 
 
 def structure_label_values(card: ModelCard, structures: Optional[Sequence[str]]) -> List[int]:
@@ -213,16 +224,14 @@ def structure_label_values(card: ModelCard, structures: Optional[Sequence[str]])
     return sorted({card.label_by_name(name).index for name in structures})
 
 
-def network_overlap_helps(engine: object) -> bool:
-    """Whether :func:`segment_image` overlaps ``engine``'s calls with its other stages by default.
+def network_overlap_helps() -> bool:
+    """Whether :func:`segment_image` overlaps the network calls with its other stages by default.
 
-    Measured in-process on 150 slices of 512 x 512, 2 cores (labels identical): overlapped with
-    sleeping inference threads 0.93 s, one step after another 1.00 s (0.97 s spinning),
-    overlapped with spinning threads 1.00 s; on one core, overlapped 1.39 s against 1.37 s.
-    So: overlap when the process may use more than one core and the engine's threads do not
-    spin (``--thread-spinning on`` keeps the sequential order).
+    Measured in-process on 150 slices of 512 x 512 on 2 cores (labels identical; README, Speed):
+    overlapped faster than one step after another; on one core, overlapped 1.39 s against
+    1.37 s. So: overlap when the process may use more than one core.
     """
-    return usable_cores() > 1 and not getattr(engine, "spinning", False)
+    return usable_cores() > 1
 
 
 def _check_cancel(cancel: Optional[CancelToken]) -> None:
@@ -386,11 +395,15 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
 
     overlap = options.overlap_network
     if overlap is None:
-        overlap = network_overlap_helps(segmenter.engine)
+        overlap = network_overlap_helps()
+    workers = segmenter.concurrent_runs if overlap else 0
+    # The calls in progress and one more: the next batch is ready when a call ends. Each holds one
+    # batch's input and logits (~5 MB at 8 x 128 px) and ONNX Runtime's buffers of one call.
+    most_in_flight = workers + 1 if overlap else 1
     report(progress, Stage.INFERRING, 0, depth, f"slice 0 of {depth}")
-    # Overlapped: batch k's network call runs on a worker thread while this thread prepares batch k+1 and
-    # spreads batch k-1's labels; at most BATCHES_IN_FLIGHT calls are submitted ahead (memory).
-    # Sequential: each batch is prepared, run and spread before the next.
+    # Overlapped: batch k's network call (and k+1's, with two workers) runs on worker threads while this thread
+    # prepares the next batch and spreads the oldest one's labels, at most most_in_flight calls submitted
+    # and not spread (memory). Sequential: each batch is prepared, run and spread before the next.
     in_flight: Deque[Tuple[int, int, "Future[np.ndarray]"]] = deque()
 
     def spread_oldest() -> None:
@@ -400,7 +413,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
             _class_indices(logits, card, hu[first:last].shape, spacing_yx, labels[first:last], extents, first)
         report(progress, Stage.INFERRING, last, depth, f"slice {last} of {depth}")
 
-    with NetworkCalls(segmenter.engine.run, overlap, clock) as network:
+    with NetworkCalls(segmenter.engine.run, workers, clock) as network:
         for first in range(0, depth, options.batch_size):
             _check_cancel(cancel)
             last = min(first + options.batch_size, depth)
@@ -408,7 +421,7 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
                 batch = _model_batch(hu[first:last], card, spacing_yx)
             in_flight.append((first, last, network.submit(batch)))
             del batch
-            if len(in_flight) >= (BATCHES_IN_FLIGHT if overlap else 1):
+            if len(in_flight) >= most_in_flight:
                 spread_oldest()
         while in_flight:
             _check_cancel(cancel)

@@ -7,9 +7,10 @@ their sum is no longer the wall time. Two honest figures remain:
 - **busy**: how long each stage worked, wherever and whenever it ran (what a faster
   kernel shortens);
 - **exposed**: a partition of the wall time. The network stage counts the wall time
-  during which a network call was running (calls never overlap each other); every other
-  stage counts only its time while no network call was running (what makes a user wait
-  beyond the network). Without overlap, busy and exposed are equal.
+  during which at least one network call was running; every other stage counts only its
+  time while no network call was running (what makes a user wait beyond the network).
+  Without overlap, busy and exposed are equal. With concurrent network calls, the
+  network's busy time (the sum of its calls' durations) exceeds its wall time.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-__all__ = ["StageClock", "time_outside"]
+__all__ = ["StageClock", "merged", "time_outside"]
 
 Interval = Tuple[float, float]
 
@@ -30,7 +31,7 @@ def time_outside(interval: Interval, covered: Sequence[Interval], covered_ends: 
 
     Args:
         interval: (start, end) in seconds of one clock.
-        covered: disjoint (start, end) intervals of the same clock, sorted by start.
+        covered: disjoint (start, end) intervals of the same clock, sorted by start (:func:`merged`).
         covered_ends: their ends (sorted too, as the intervals are disjoint), for the search.
     """
     start, end = interval
@@ -43,11 +44,22 @@ def time_outside(interval: Interval, covered: Sequence[Interval], covered_ends: 
     return max(0.0, (end - start) - overlap)
 
 
+def merged(intervals: Sequence[Interval]) -> List[Interval]:
+    """The union of ``intervals`` as disjoint intervals sorted by start (touching ones joined)."""
+    union: List[Interval] = []
+    for start, end in sorted(intervals):
+        if union and start <= union[-1][1]:
+            union[-1] = (union[-1][0], max(union[-1][1], end))
+        else:
+            union.append((start, end))
+    return union
+
+
 class StageClock:
     """Records (start, end) of each piece of work per stage; thread-safe.
 
     Args:
-        network_stage: the stage whose intervals are network calls (never overlapping each other).
+        network_stage: the stage whose intervals are network calls (possibly overlapping each other).
         stages: stage names, in the order :meth:`busy` and :meth:`exposed` report them.
     """
 
@@ -81,10 +93,10 @@ class StageClock:
             return {stage: sum(end - start for start, end in spans) for stage, spans in self._intervals.items()}
 
     def exposed(self) -> Dict[str, float]:
-        """Wall seconds per stage: network calls' wall time, and each other stage outside of it."""
+        """Wall seconds per stage: while any network call ran, and each other stage outside of that."""
         with self._lock:
-            network = sorted(self._intervals[self.network_stage])
+            network = merged(self._intervals[self.network_stage])
             ends = [end for _, end in network]
-            return {stage: (sum(end - start for start, end in spans) if stage == self.network_stage
+            return {stage: (sum(end - start for start, end in network) if stage == self.network_stage
                             else sum(time_outside(span, network, ends) for span in spans))
                     for stage, spans in self._intervals.items()}

@@ -10,11 +10,13 @@ thread burns the time slice that the thread it waits for needs.
 
 So the engine's default policy, ``"auto"``, measures at session creation how many cores
 other processes keep busy and lets threads spin only when every inference thread can
-have a core of its own. The pipeline's own thread counts too: ``segment_image`` prepares
-and spreads batches while the network runs (``Segmenter.from_registry`` passes it as a
-neighbour thread), and on the idle 2-core machine spinning threads next to it made the
-overlapped run 8% slower (1.00 against 0.93 s in-process for 150 slices of 512 x 512),
-so two inference threads on two cores sleep without measuring. Threads that spin stop spinning as soon as a run returns
+have a core of its own. The threads working next to a call count too: ``segment_image``
+prepares and spreads batches while the network runs, and other calls may run at the same
+time (``Segmenter.from_registry`` passes them as neighbour threads, see
+:mod:`.run_layout`); on the idle 2-core machine, two-thread calls spinning next to the
+pipeline's thread made the overlapped run 8% slower (1.00 against 0.93 s in-process for
+150 slices of 512 x 512). With the default layout (one thread per call) nothing spins.
+Threads that spin stop spinning as soon as a run returns
 (``session.force_spinning_stop``), so they never compete with the pipeline's own work
 between batches. ``"on"`` and ``"off"`` force the choice (``kdseg segment --thread-spinning``).
 
