@@ -69,3 +69,20 @@ def test_volume_of_real_liver_in_millilitres(shared_data):
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(image)
     assert volumes["liver"] == pytest.approx(stats.GetPhysicalSize(5) / 1000)
+
+
+def test_several_cavities_are_filled_and_a_channel_to_the_outside_is_not():
+    """Two enclosed cavities (filled), one reaching the box face through a channel (kept), as BinaryFillhole."""
+    labels = np.zeros((12, 16, 16), np.uint8)
+    labels[1:11, 2:14, 2:14] = 3
+    labels[3:5, 4:6, 4:6] = 0       # cavity 1
+    labels[7:9, 9:12, 9:11] = 0     # cavity 2
+    labels[5, 8:10, 4:6] = 0        # cavity 3 ...
+    labels[5, 8, 0:6] = 0           # ... open to the outside through a channel
+    labels[8, 10, 9] = 6            # another organ inside cavity 2 stays
+    expected = labels.copy()
+    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray((labels == 3).view(np.uint8)),
+                                                         fullyConnected=False)).astype(bool)
+    expected[filled & (labels == 0)] = 3
+    assert (expected != labels).sum() == 8 + 12 - 1  # both cavities, without the other organ's voxel
+    np.testing.assert_array_equal(largest_component_and_fill(labels.copy(), [3, 6]), expected)

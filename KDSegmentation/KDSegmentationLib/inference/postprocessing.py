@@ -98,12 +98,13 @@ class _Component:
     first: Tuple[int, ...]
 
 
-def _largest_in_candidate(mask: np.ndarray, box: Tuple[slice, ...]) -> _Component:
-    """The largest 26-connected component of ``mask`` (the organ inside ``box``); ties: the first in raster order."""
+def _largest_in_candidate(mask: np.ndarray, box: Tuple[slice, ...], size: int) -> _Component:
+    """The largest 26-connected component of ``mask`` (the organ inside ``box``, ``size`` voxels); ties: the first
+    in raster order."""
     components, count = _components(mask, True)
     offset = [s.start for s in box]
     if count == 1:
-        return _Component(box, mask, int(np.count_nonzero(mask)), _first_voxel(mask, offset))
+        return _Component(box, mask, size, _first_voxel(mask, offset))
     ids = sitk.GetArrayViewFromImage(components)
     sizes = np.bincount(ids.ravel())
     sizes[0] = 0
@@ -128,10 +129,12 @@ def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Compone
     block work only, and voxel work stays near the organ.
     """
     counts = block_counts(mask, block)
-    block_components, _ = _components(counts > 0, True)
+    occupied = counts > 0
+    block_components, component_count = _components(occupied, True)
     block_ids = sitk.GetArrayViewFromImage(block_components)
-    voxels_per_component = np.bincount(block_ids.ravel(), weights=counts.ravel()).astype(np.int64)
-    voxels_per_component[0] = 0
+    # Over the occupied blocks only (a small share of an island-inflated box).
+    voxels_per_component = np.bincount(block_ids[occupied], weights=counts[occupied],
+                                       minlength=component_count + 1).astype(np.int64)
     best: Optional[_Component] = None
     for index in np.argsort(-voxels_per_component, kind="stable").tolist():
         available = int(voxels_per_component[index])
@@ -139,8 +142,11 @@ def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Compone
             break
         selected = block_ids == index
         block_box, box = voxel_box_of_blocks(selected, block, mask.shape)
-        part = mask[box] & expand_blocks(selected[block_box], block, mask[box].shape)
-        found = _largest_in_candidate(part, box)
+        if np.array_equal(selected[block_box], occupied[block_box]):  # the box holds no other component's voxel
+            part = np.ascontiguousarray(mask[box])
+        else:
+            part = mask[box] & expand_blocks(selected[block_box], block, mask[box].shape)
+        found = _largest_in_candidate(part, box, available)
         if best is None or (found.size, best.first) > (best.size, found.first):
             best = found
     if best is None:
@@ -162,8 +168,11 @@ def _enclosed_background(inside: np.ndarray) -> Optional[np.ndarray]:
     reaches_face = np.zeros(count + 1, dtype=bool)
     reaches_face[faces] = True
     reaches_face[0] = True  # label 0 of the background labelling is ``inside`` itself
-    if reaches_face.all():
+    enclosed = np.flatnonzero(~reaches_face)
+    if enclosed.size == 0:
         return None
+    if enclosed.size == 1:  # the usual single cavity: one comparison instead of a table look-up per voxel
+        return ids == enclosed[0]
     return ~reaches_face[ids]
 
 
