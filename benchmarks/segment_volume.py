@@ -2,7 +2,7 @@
 
     python benchmarks/segment_volume.py [--registry REG] [--model ID] [--onnx FILE]
                                         [--slices 150] [--batch-size N] [--threads N]
-                                        [--no-teacher] [--baseline-src DIR] [--json FILE]
+                                        [--no-teacher] [--baseline-src DIR] [--repeats N] [--json FILE]
                                         [--busy 2] [--policy-repeats 2] [--no-policy] [--no-sweep]
 
 The CT is the real example CT (../shared/data) resampled to 512 x 512 x N (int16 HU,
@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -362,6 +362,12 @@ def run_kdseg(source: Path, output: Path, registry: Optional[Path], model: Optio
             "peak_rss_mb": usage.ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)}
 
 
+def median_run(runs: List[Dict[str, object]]) -> Dict[str, object]:
+    """The run with the median wall time to file (the lower middle one of an even count), with every run's wall."""
+    ordered = sorted(runs, key=lambda run: run["wall_to_file_s"])
+    return dict(ordered[(len(ordered) - 1) // 2], wall_runs_s=[run["wall_to_file_s"] for run in runs])
+
+
 def report(name: str, run: Dict[str, object], slices: int, macs: Optional[float], peak: float,
            network_alone: Optional[Tuple[float, float]] = None) -> Dict[str, object]:
     stages = run["stages_s"]
@@ -375,7 +381,9 @@ def report(name: str, run: Dict[str, object], slices: int, macs: Optional[float]
     for stage, seconds in stages.items():
         worked = f"{busy[stage]:7.2f}" if stage in busy else ""
         print(f"  {stage:<27} {seconds:7.2f}  {100 * seconds / wall:5.1f}% {worked}")
-    print(f"  {'wall to file written':<27} {wall:7.2f}  (process exit {run['process_s']:.2f})")
+    walls = run.get("wall_runs_s") or [wall]
+    spread = f"; median of {len(walls)} runs, {min(walls):.2f}-{max(walls):.2f}" if len(walls) > 1 else ""
+    print(f"  {'wall to file written':<27} {wall:7.2f}  (process exit {run['process_s']:.2f}{spread})")
     if overlapped:
         print("  (wall: infer = wall time during which a network call ran; each other stage only while none ran, "
               "so the column sums to the wall; busy: each stage's own working time, overlapping)")
@@ -422,6 +430,8 @@ def main() -> int:
                         help="interleaved repeats of each --thread-spinning policy per machine state")
     parser.add_argument("--no-policy", action="store_true", help="skip the thread-spinning comparison")
     parser.add_argument("--baseline-src", type=Path, help="also run kdseg from this source tree (before/after)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="kdseg runs of this tree (and the baseline's, interleaved); the median run is reported")
     parser.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="n of the n^3 peak MatMul")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -448,12 +458,16 @@ def main() -> int:
         del ct
         peaks = {"mlas": [mlas_peak_gflops(args.threads, args.peak_size)],
                  "torch": [torch_peak_gflops(args.threads, args.peak_size)]}
-        student = run_kdseg(source, tmp_dir / "student.nii.gz", registry_path, model_id, args.batch_size,
-                            args.threads)
-        baseline = None
-        if args.baseline_src:
-            baseline = run_kdseg(source, tmp_dir / "baseline.nii.gz", registry_path, model_id, args.batch_size,
-                                 args.threads, args.baseline_src.resolve())
+        students, baselines = [], []
+        for _ in range(args.repeats):  # interleaved, so that a change of load hits both trees alike
+            students.append(run_kdseg(source, tmp_dir / "student.nii.gz", registry_path, model_id, args.batch_size,
+                                      args.threads))
+            if args.baseline_src:
+                baselines.append(run_kdseg(source, tmp_dir / "baseline.nii.gz", registry_path, model_id,
+                                           args.batch_size, args.threads, args.baseline_src.resolve()))
+        student = median_run(students)
+        baseline = median_run(baselines) if baselines else None
+        if baseline is not None:
             same = np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_dir / "baseline.nii.gz"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_dir / "student.nii.gz"))))
             baseline["labels_identical"] = bool(same)
