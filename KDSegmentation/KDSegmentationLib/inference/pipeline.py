@@ -207,10 +207,11 @@ class Segmenter:
                                  input_name=card.input.input_name, output_name=card.input.output_name,
                                  spinning=spinning,
                                  spinning_choice=functools.partial(choose_spinning, neighbour_threads=neighbours))
-        _log.info("Model %s v%s on %s (%s); %s", card.id, card.version, engine.device, engine.device_reason,
-                  engine.spinning_reason)
         # A GPU runs one call at a time anyway; its CPU threads mostly wait for it.
-        return cls(card, engine, layout.concurrent_runs if engine.device == "cpu" else 1)
+        concurrent_runs = layout.concurrent_runs if engine.device == "cpu" else 1
+        _log.info("Model %s v%s on %s (%s); up to %d call(s) at a time, %d thread(s) each; %s", card.id, card.version,
+                  engine.device, engine.device_reason, concurrent_runs, layout.threads_per_run, engine.spinning_reason)
+        return cls(card, engine, concurrent_runs)
 
 
 def structure_label_values(card: ModelCard, structures: Optional[Sequence[str]]) -> List[int]:
