@@ -143,15 +143,15 @@ def test_classes_left_out_of_a_cell_never_win_its_float32_blend():
     cells, classes = 4000, 9
     scale = np.float32(10.0) ** rng.integers(-2, 5, (cells, 1)).astype(np.float32)
     base = rng.normal(size=(cells, classes))  # a class's four corner scores lie close together, as in real maps
-    corners = [((base + rng.normal(0, 0.2, base.shape)) * scale).astype(np.float32) for _ in range(4)]
-    for corner in corners:  # class 1 .. 3 steps below class 0 at some corners, class 4 a tiny bit above class 2
-        corner[:, 1] = np.nextafter(np.nextafter(corner[:, 0], -np.inf), -np.inf)
-        corner[:, 4] = corner[:, 2] + np.abs(corner[:, 2]) * np.float32(1e-6)
+    corners = [((base + rng.normal(0, 0.2, base.shape)) * scale).astype(np.float32).T for _ in range(4)]  # (C, M)
+    for corner in corners:  # class 1 two float32 steps below class 0, class 4 a tiny bit above class 2
+        corner[1] = np.nextafter(np.nextafter(corner[0], -np.inf), -np.inf)
+        corner[4] = corner[2] + np.abs(corner[2]) * np.float32(1e-6)
     classes_of, first, counts = _contending_classes(corners)
     contending = np.zeros((cells, classes), bool)
     contending[np.repeat(np.arange(cells), counts), classes_of] = True
     assert 1 < counts.mean() < classes - 2  # some classes are left out, near-ties are kept
-    top_left, bottom_left, top_right, bottom_right = (c.T[:, :, None, None] for c in corners)  # (C, M, 1, 1)
+    top_left, bottom_left, top_right, bottom_right = (c[:, :, None, None] for c in corners)  # (C, M, 1, 1)
     weights = np.concatenate([np.linspace(0, 1, 11), rng.random(5)]).astype(np.float32)
     fy, fx = weights[:, None], weights[None, :]
     left = top_left + (bottom_left - top_left) * fy

@@ -146,13 +146,14 @@ def _cell_corners(logits: np.ndarray, batch: np.ndarray, cell_y: np.ndarray, cel
         below, right: (h,) and (w,) row below and column right of each (clamped at the edge).
 
     Returns:
-        top left, bottom left, top right, bottom right: four (M, C) arrays of ``logits``' dtype.
+        top left, bottom left, top right, bottom right: four (C, M) arrays of ``logits``' dtype (class
+        by class, so that reductions over the classes run along whole rows of M cells).
     """
     n, classes, h, w = logits.shape
     flat = logits.reshape(-1)
-    top_left = ((batch * classes * h + cell_y) * w + cell_x)[:, None] + np.arange(classes) * (h * w)  # (M, C)
-    down = ((below - np.arange(h)) * w)[cell_y][:, None]  # 0 on the last row
-    across = (right - np.arange(w))[cell_x][:, None]  # 0 on the last column
+    top_left = (np.arange(classes) * (h * w))[:, None] + ((batch * classes * h + cell_y) * w + cell_x)  # (C, M)
+    down = ((below - np.arange(h)) * w)[cell_y]  # 0 on the last row
+    across = (right - np.arange(w))[cell_x]  # 0 on the last column
     return (flat.take(top_left), flat.take(top_left + down), flat.take(top_left + across),
             flat.take(top_left + down + across))
 
@@ -174,7 +175,7 @@ def _contending_classes(corners: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.n
     ``argmax``), give the same winner with the same float32 scores.
 
     Args:
-        corners: four (M, C) float32 arrays, the scores at each cell's four corners.
+        corners: four (C, M) float32 arrays, the scores at each cell's four corners.
 
     Returns:
         ``(classes, first, counts)``: the contenders of every cell, cell after cell, each
@@ -183,10 +184,10 @@ def _contending_classes(corners: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.n
     """
     highest = np.maximum(np.maximum(corners[0], corners[1]), np.maximum(corners[2], corners[3]))
     lowest = np.minimum(np.minimum(corners[0], corners[1]), np.minimum(corners[2], corners[3]))
-    scale = np.maximum(np.abs(highest).max(axis=1), np.abs(lowest).max(axis=1))  # (M,)
-    contending = highest + (scale * _CONTENDER_MARGIN)[:, None] >= lowest.max(axis=1)[:, None]
-    counts = np.count_nonzero(contending, axis=1)
-    classes = np.nonzero(contending)[1]  # row by row, ascending within a row
+    scale = np.maximum(np.abs(highest).max(axis=0), np.abs(lowest).max(axis=0))  # (M,)
+    contending = highest + scale * _CONTENDER_MARGIN >= lowest.max(axis=0)  # (C, M)
+    counts = contending.sum(axis=0)
+    classes = np.nonzero(contending.T)[1]  # cell by cell, ascending within a cell
     return classes, np.cumsum(counts) - counts, counts
 
 
@@ -406,7 +407,7 @@ def argmax_interpolated(logits: np.ndarray, rows: Taps, cols: Taps, out: Optiona
     for contending in np.flatnonzero(np.bincount(counts)).tolist():
         pick = np.flatnonzero(counts == contending)
         contender = contenders[first_contender[pick][:, None] + np.arange(contending)]  # (M, K) ascending
-        labels = _interpolated_cell_labels([c[pick[:, None], contender].T for c in corners], contender,
+        labels = _interpolated_cell_labels([c[contender.T, pick] for c in corners], contender,
                                            fy[pick], fx[pick])  # (M, n_rows, n_cols)
         out[batch[pick][:, None, None], rows[pick][:, :, None], cols[pick][:, None, :]] = labels
         if won is not None:
