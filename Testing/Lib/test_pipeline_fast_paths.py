@@ -325,6 +325,37 @@ def test_clean_up_equals_the_direct_whole_map_computation_on_real_organs(shared_
     assert liver_box[0].start > 0  # no longer reaching the corner island
 
 
+def test_organs_examined_concurrently_give_the_map_of_one_by_one(shared_data):
+    """Organs examined on threads, changes written in label order: the same map and boxes as one organ after
+    another, also where an earlier organ's island lies in a later organ's cavity (removed first, then filled)
+    and a later organ's voxel in an earlier one's (kept out of the fill, then removed as an island)."""
+    labels = _organs_with_islands_and_holes(shared_data)
+    z, y, x = (int(np.median(a)) for a in np.nonzero(labels == 5))
+    labels[z + 2, y - 2, x + 2] = 3  # a left-kidney island in the liver's cavity
+    results = []
+    for workers in (1, 3):
+        extents = LabelExtents(labels.shape)
+        for value in range(1, 9):
+            zz, yy, xx = np.nonzero(labels == value)
+            extents.include_voxels(np.full(zz.shape, value), zz, yy, xx)
+        calls = []
+        got = largest_component_and_fill(labels.copy(), range(1, 9), extents, workers=workers,
+                                         before_each=lambda done, value: calls.append((done, value)))
+        assert calls == list(enumerate(range(1, 9)))
+        results.append((got, extents._lower.copy(), extents._upper.copy()))
+    for one, many in zip(results[0], results[1]):
+        np.testing.assert_array_equal(many, one)
+    assert results[0][0][z + 2, y - 2, x + 2] == 5 and results[0][0][z - 2, y + 2, x - 2] == 0
+
+    def stop(done, value):
+        if done == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        largest_component_and_fill(labels.copy(), range(1, 9), workers=2, before_each=stop)
+    with pytest.raises(ValueError, match="workers"):
+        largest_component_and_fill(labels.copy(), [1], workers=0)
+
+
 def test_equal_components_the_first_in_raster_order_is_kept():
     """Ties between block components far apart and between components inside one block component."""
     for second in ((2, 10, 10), (2, 2, 6), (4, 2, 2)):  # far away; a gap of two voxels; two slices on

@@ -433,10 +433,13 @@ def segment_image(image: sitk.Image, segmenter: Segmenter, options: Optional[Seg
         names = {label.index: label.name for label in card.foreground_labels() if label.index in keep}
         keep_structures(labels, keep, extents)
         if options.postprocess:
-            for done, value in enumerate(keep):
+            def before_organ(done: int, value: int) -> None:
                 _check_cancel(cancel)
                 report(progress, Stage.POSTPROCESSING, done, len(keep), f"largest component of {names[value]}")
-                largest_component_and_fill(labels, [value], extents)
+
+            # Organs examined on every core (the network is done), changes written in label order: the same map.
+            largest_component_and_fill(labels, keep, extents, workers=min(usable_cores(), 4),
+                                       before_each=before_organ)
             report(progress, Stage.POSTPROCESSING, len(keep), len(keep), "post-processing done")
         _check_cancel(cancel)
         # Only the product of the spacings counts; a sheared grid's voxels are smaller than it.

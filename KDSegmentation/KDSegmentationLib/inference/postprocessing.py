@@ -7,8 +7,9 @@ compare both ways on real label maps) without one whole-volume scan per organ.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -74,10 +75,13 @@ def _organ_box(labels: np.ndarray, value: int, extents: Optional[LabelExtents]) 
 ISLAND_BLOCK = (1, 4, 4)
 
 
-def _components(mask: np.ndarray, fully_connected: bool) -> Tuple[sitk.Image, int]:
-    """ITK connected components of a bool array (26-neighbour if ``fully_connected``, else 6) and their count."""
+def _components(mask: np.ndarray, fully_connected: bool, threads: Optional[int] = None) -> Tuple[sitk.Image, int]:
+    """ITK connected components of a bool array (26-neighbour if ``fully_connected``, else 6) and their count,
+    on ``threads`` threads (None: ITK's default)."""
     labeller = sitk.ConnectedComponentImageFilter()
     labeller.SetFullyConnected(fully_connected)
+    if threads is not None:
+        labeller.SetNumberOfThreads(threads)
     components = labeller.Execute(sitk.GetImageFromArray(mask.view(np.uint8)))
     return components, int(labeller.GetObjectCount())
 
@@ -98,10 +102,11 @@ class _Component:
     first: Tuple[int, ...]
 
 
-def _largest_in_candidate(mask: np.ndarray, box: Tuple[slice, ...], size: int) -> _Component:
+def _largest_in_candidate(mask: np.ndarray, box: Tuple[slice, ...], size: int,
+                          threads: Optional[int] = None) -> _Component:
     """The largest 26-connected component of ``mask`` (the organ inside ``box``, ``size`` voxels); ties: the first
     in raster order."""
-    components, count = _components(mask, True)
+    components, count = _components(mask, True, threads)
     offset = [s.start for s in box]
     if count == 1:
         return _Component(box, mask, size, _first_voxel(mask, offset))
@@ -118,7 +123,8 @@ def _largest_in_candidate(mask: np.ndarray, box: Tuple[slice, ...], size: int) -
     return best  # type: ignore[return-value]
 
 
-def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Component, int]:
+def _largest_component(mask: np.ndarray, block: Sequence[int],
+                       threads: Optional[int] = None) -> Tuple[_Component, int]:
     """The largest 26-connected component of ``mask`` (ties: the first in raster order) and the mask's voxel count.
 
     Occupied blocks are labelled first (26-neighbour, like the voxels): a component of
@@ -130,7 +136,7 @@ def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Compone
     """
     counts = block_counts(mask, block)
     occupied = counts > 0
-    block_components, component_count = _components(occupied, True)
+    block_components, component_count = _components(occupied, True, threads)
     block_ids = sitk.GetArrayViewFromImage(block_components)
     # Over the occupied blocks only (a small share of an island-inflated box).
     voxels_per_component = np.bincount(block_ids[occupied], weights=counts[occupied],
@@ -146,7 +152,7 @@ def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Compone
             part = np.ascontiguousarray(mask[box])
         else:
             part = mask[box] & expand_blocks(selected[block_box], block, mask[box].shape)
-        found = _largest_in_candidate(part, box, available)
+        found = _largest_in_candidate(part, box, available, threads)
         if best is None or (found.size, best.first) > (best.size, found.first):
             best = found
     if best is None:
@@ -154,14 +160,14 @@ def _largest_component(mask: np.ndarray, block: Sequence[int]) -> Tuple[_Compone
     return best, int(voxels_per_component.sum())
 
 
-def _enclosed_background(inside: np.ndarray) -> Optional[np.ndarray]:
+def _enclosed_background(inside: np.ndarray, threads: Optional[int] = None) -> Optional[np.ndarray]:
     """Voxels not in ``inside`` that no 6-neighbour path of such voxels links to the array's faces (None: none).
 
     What ``BinaryFillhole(fullyConnected=False)`` adds (the tests compare both on real
     organs): the background is labelled 6-connected in ITK and the labels that reach a
     face are looked up once per face.
     """
-    background, count = _components(~inside, False)
+    background, count = _components(~inside, False, threads)
     ids = sitk.GetArrayViewFromImage(background)
     faces = np.concatenate([ids[0].ravel(), ids[-1].ravel(), ids[:, 0].ravel(), ids[:, -1].ravel(),
                             ids[:, :, 0].ravel(), ids[:, :, -1].ravel()])
@@ -176,9 +182,71 @@ def _enclosed_background(inside: np.ndarray) -> Optional[np.ndarray]:
     return ~reaches_face[ids]
 
 
+@dataclass
+class _OrganCleanUp:
+    """What cleaning one organ changes, found from the organ's own voxels alone.
+
+    Cleaning an organ only turns its own voxels into background and background into the
+    organ, so no organ's clean-up changes another organ's voxels: each organ can be
+    examined on the map as it is, concurrently, and the changes applied in order.
+
+    Attributes:
+        box: the organ's box in the map.
+        islands: bool in ``box``, every voxel of the organ, when some lie outside the largest
+            component (they all become background, then the largest component is put back); else None.
+        kept: the largest component's box in the map.
+        largest: bool in ``kept``, its voxels.
+        hole_box: ``kept`` one voxel wider (clamped to the map).
+        holes: bool in ``hole_box``, the enclosed background (None: no hole).
+    """
+
+    box: Tuple[slice, ...]
+    islands: Optional[np.ndarray]
+    kept: Tuple[slice, ...]
+    largest: np.ndarray
+    hole_box: Tuple[slice, ...]
+    holes: Optional[np.ndarray]
+
+
+def _examine_organ(labels: np.ndarray, value: int, extents: Optional[LabelExtents], block: Sequence[int],
+                   threads: Optional[int] = None) -> Optional[_OrganCleanUp]:
+    """The clean-up of organ ``value`` (None: no voxel of it); reads ``labels`` only."""
+    box = _organ_box(labels, value, extents)
+    if box is None:
+        return None
+    mask = labels[box] == value
+    if not mask.any():
+        return None
+    largest, total = _largest_component(mask, block, threads)
+    kept = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, largest.box))
+    hole_box = tuple(slice(max(k.start - 1, 0), min(k.stop + 1, n)) for k, n in zip(kept, labels.shape))
+    inside = np.zeros([h.stop - h.start for h in hole_box], dtype=bool)
+    inside[tuple(slice(k.start - h.start, k.stop - h.start) for k, h in zip(kept, hole_box))] = largest.voxels
+    return _OrganCleanUp(box, mask if largest.size != total else None, kept, largest.voxels, hole_box,
+                         _enclosed_background(inside, threads))
+
+
+def _apply_clean_up(labels: np.ndarray, value: int, change: _OrganCleanUp, extents: Optional[LabelExtents]) -> None:
+    """Write one organ's clean-up into ``labels`` (in place); holes claim only what is background by now."""
+    if change.islands is not None:  # islands: drop every voxel of the organ, then put the largest back
+        np.copyto(labels[change.box], 0, where=change.islands)
+        labels[change.kept][change.largest] = value
+    if change.holes is not None:
+        around = labels[change.hole_box]
+        around[change.holes & (around == 0)] = value
+    if extents is not None:  # the holes lie inside the component's box: so does the organ now
+        extents.narrow_to(value, change.kept)
+
+
+def _box_voxels(labels: np.ndarray, value: int, extents: Optional[LabelExtents]) -> int:
+    box = extents.box(value, margin=0) if extents is not None else None
+    return labels.size if box is None else int(np.prod([s.stop - s.start for s in box]))
+
+
 def largest_component_and_fill(labels: np.ndarray, label_values: Iterable[int],
                                extents: Optional[LabelExtents] = None,
-                               block: Sequence[int] = ISLAND_BLOCK) -> np.ndarray:
+                               block: Sequence[int] = ISLAND_BLOCK, workers: int = 1,
+                               before_each: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Per organ keep the largest 3D connected component and fill its enclosed holes (in place).
 
     Each organ is one object, so smaller islands are false positives. Connectivity is
@@ -194,38 +262,50 @@ def largest_component_and_fill(labels: np.ndarray, label_values: Iterable[int],
     (which reaches the border in a straight line), so the holes found in the box are
     exactly the holes in the whole map.
 
+    With ``workers`` > 1 the organs are examined on that many threads (ITK and numpy
+    work without the GIL), each ITK call on one thread, and their changes written in
+    the order of ``label_values`` as each is ready: the same map as one by one
+    (:class:`_OrganCleanUp` says why).
+
     Args:
         labels: (Z, Y, X) uint8 label map, modified in place.
         label_values: organ labels to clean, in this order.
         extents: boxes of the labels in ``labels`` (None: each organ's box is found by a
             whole-map scan); each cleaned organ's box is narrowed to what is left of it.
         block: (z, y, x) voxels per block of the island search; the result does not depend on it.
+        workers: threads examining organs (1: one organ after another on the calling thread).
+        before_each: called as ``before_each(done, value)`` on the calling thread before
+            organ ``value``'s change is written, ``done`` organs being written (progress;
+            an exception it raises, e.g. a cancellation, stops the clean-up).
 
     Returns:
         ``labels``.
     """
     _check_labels(labels)
-    for value in label_values:
-        box = _organ_box(labels, value, extents)
-        if box is None:
-            continue
-        region = labels[box]
-        mask = region == value
-        if not mask.any():
-            continue
-        largest, total = _largest_component(mask, block)
-        kept = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, largest.box))
-        if largest.size != total:  # islands: drop every voxel of the organ, then put the largest back
-            np.copyto(region, 0, where=mask)
-            labels[kept][largest.voxels] = value
-        del mask
-        hole_box = tuple(slice(max(k.start - 1, 0), min(k.stop + 1, n)) for k, n in zip(kept, labels.shape))
-        inside = np.zeros([h.stop - h.start for h in hole_box], dtype=bool)
-        inside[tuple(slice(k.start - h.start, k.stop - h.start) for k, h in zip(kept, hole_box))] = largest.voxels
-        holes = _enclosed_background(inside)
-        if holes is not None:
-            around = labels[hole_box]
-            around[holes & (around == 0)] = value
-        if extents is not None:  # the holes lie inside the component's box: so does the organ now
-            extents.narrow_to(value, kept)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    values = list(dict.fromkeys(int(v) for v in label_values))  # a second pass over an organ changes nothing
+    if workers == 1 or len(values) < 2:
+        for done, value in enumerate(values):
+            if before_each is not None:
+                before_each(done, value)
+            change = _examine_organ(labels, value, extents, block)
+            if change is not None:
+                _apply_clean_up(labels, value, change, extents)
+        return labels
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kdseg-clean-up") as pool:
+        # Largest boxes first, so that the threads finish together; the changes are written in order.
+        submitted = sorted(values, key=lambda v: -_box_voxels(labels, v, extents))
+        futures = {value: pool.submit(_examine_organ, labels, value, extents, block, 1) for value in submitted}
+        try:
+            for done, value in enumerate(values):
+                if before_each is not None:
+                    before_each(done, value)
+                change = futures[value].result()
+                if change is not None:
+                    _apply_clean_up(labels, value, change, extents)
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
     return labels
