@@ -288,7 +288,7 @@ def network_alone_seconds(onnx: Path, img_size: int, slices: int, batch_size: in
     rate with the cores to itself (in kdseg, overlapped stages share them).
 
     Args:
-        threads: intra-op threads per call (None: ONNX Runtime's default).
+        threads: intra-op threads of the session the calls share (None: ONNX Runtime's default).
         concurrent_runs: calls in progress at once (kdseg's layout: ``run_layout``).
     """
     from concurrent.futures import ThreadPoolExecutor
@@ -481,9 +481,9 @@ def main() -> int:
         onnx_path = args.onnx or (load_registry(registry_path).directory / card.file)
         from KDSegmentationLib.inference.run_layout import run_layout
 
-        layout = run_layout(args.threads)  # this tree's kdseg: concurrent calls x threads per call
+        layout = run_layout(args.threads)  # this tree's kdseg: concurrent calls sharing one session's threads
         network_alone = network_alone_seconds(onnx_path, img_size, args.slices, args.batch_size or 8,
-                                              layout.threads_per_run, layout.concurrent_runs)
+                                              layout.session_threads, layout.concurrent_runs)
         # Older trees (the baseline) ran one call at a time on all threads.
         network_alone_one_call = network_alone_seconds(onnx_path, img_size, args.slices, args.batch_size or 8,
                                                        args.threads)
@@ -499,8 +499,8 @@ def main() -> int:
     print(f"\nfp32 peak ({args.peak_size}^3 MatMul, best before/after the runs): ONNX Runtime MLAS "
           f"{peak:.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['mlas'])}), torch.matmul "
           f"{max(peaks['torch']):.1f} GFLOP/s ({' / '.join(f'{p:.0f}' for p in peaks['torch'])})")
-    print(f"network alone (CPU split, rate with the cores to itself): {layout.concurrent_runs} call(s) at a time x "
-          f"{layout.threads_per_run} thread(s) as this tree's kdseg runs it; the baseline's: one call at a time on "
+    print(f"network alone (CPU split, rate with the cores to itself): {layout.concurrent_runs} call(s) at a time on "
+          f"a session of {layout.session_threads} thread(s) as this tree's kdseg runs it; the baseline's: one call at a time on "
           f"{args.threads or 'all'} threads")
     figures = {"model": card.id, "slices": args.slices, "threads": args.threads, "cpus": os.cpu_count(),
                "mlas_peak_gflops": peak, "torch_peak_gflops": max(peaks["torch"]), "peaks_gflops": peaks,

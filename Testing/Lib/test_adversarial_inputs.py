@@ -559,8 +559,8 @@ def test_huge_thread_count_is_clamped_with_one_warning(capsys, tmp_path, ct_crop
                            "--volumes-json", tmp_path / "v.json", "--no-progress", "--device", "cpu")
     assert code == 0, stderr
     cores = usable_cores()
-    # The clamped count is split into concurrent calls x threads per call (one session of threads_per_run).
-    assert seen and set(seen) == {run_layout(cores).threads_per_run}
+    # The clamped count is split into concurrent calls sharing one session of session_threads.
+    assert seen and set(seen) == {run_layout(cores).session_threads} and run_layout(cores).threads == cores
     assert stderr.count("warning: ") == 1 and f"100000 inference threads requested" in stderr
     assert f"using {cores}" in json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))["warnings"][0]
     seen.clear()

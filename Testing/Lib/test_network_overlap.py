@@ -7,6 +7,7 @@ overlapping stages and the thread layout on known numbers.
 """
 
 import itertools
+import os
 import threading
 
 import numpy as np
@@ -133,10 +134,55 @@ def test_overlap_by_default_only_with_cores_to_spare(monkeypatch, real_crop, plu
 def test_threads_split_into_at_most_two_concurrent_calls():
     assert run_layout(None, cores=2) == RunLayout(2, 1)
     assert run_layout(1, cores=8) == RunLayout(1, 1)
-    assert run_layout(None, cores=8) == RunLayout(2, 4) and run_layout(8).threads == 8
-    assert run_layout(3) == RunLayout(2, 1)  # the third core stays with the pipeline's own thread
+    assert run_layout(None, cores=8) == RunLayout(2, 7) and run_layout(8).threads == 8
+    assert run_layout(3) == RunLayout(2, 2) and run_layout(3).threads == 3
     with pytest.raises(ValueError, match="at least 1"):
         run_layout(0)
+
+
+def _os_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts OS threads through Linux's /proc")
+def test_concurrent_calls_share_the_session_pool_so_the_threads_asked_for_are_the_threads_that_work(
+        plumbing_registry):
+    """A session of T intra-op threads starts T - 1 pool threads and no more for calls running at once: k calls
+    compute on k + T - 1 threads. (Sized as k x T per call, --threads 8 kept 5 threads busy.)"""
+    from KDSegmentationLib.inference.onnx_engine import InferenceEngine
+    from KDSegmentationLib.weights.model_registry import load_registry
+
+    card = load_registry(plumbing_registry).get(None)
+
+    def engine_of(threads):
+        return InferenceEngine(plumbing_registry.parent / card.file, device="cpu", threads=threads, spinning="off",
+                               input_name=card.input.input_name, output_name=card.input.output_name)
+
+    engine_of(1)  # ONNX Runtime's first session also starts the process-wide threads it keeps
+    before = _os_threads()
+    engine = engine_of(4)
+    assert _os_threads() - before == 3  # the pool: 4 intra-op threads counting the calling thread
+    batch = np.zeros((2, 1, card.input.height, card.input.width), np.float32)
+    finished, release = threading.Barrier(3), threading.Event()
+
+    def call():
+        engine.run(batch)
+        finished.wait()
+        release.wait()  # keep the caller alive while the threads are counted
+
+    callers = [threading.Thread(target=call) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    finished.wait()
+    assert _os_threads() - before == 3 + 2  # two calls ran at once: no thread besides the pool and the callers
+    release.set()
+    for caller in callers:
+        caller.join()
+    for threads in (1, 2, 3, 4, 8):
+        segmenter = Segmenter.from_registry(device="cpu", threads=threads, registry=plumbing_registry,
+                                            allow_download=False, spinning="off")
+        session = segmenter.engine._session.get_session_options().intra_op_num_threads
+        assert segmenter.concurrent_runs + session - 1 == threads, (threads, segmenter.concurrent_runs, session)
 
 
 def test_stage_clock_partitions_the_wall_time_of_overlapping_stages():

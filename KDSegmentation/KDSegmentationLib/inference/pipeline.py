@@ -179,9 +179,9 @@ class Segmenter:
         Args:
             model_id: registry id, or None for the default model.
             device: "auto", "cpu" or "cuda".
-            threads: CPU threads for inference (None: one per usable core), split into
-                concurrent network calls x ONNX Runtime threads per call (:func:`~.run_layout.run_layout`:
-                two one-thread calls on two cores).
+            threads: CPU threads for inference (None: one per usable core): concurrent network
+                calls, each on its own thread, plus the pool of the ONNX Runtime session they share
+                (:func:`~.run_layout.run_layout`: two calls on a one-thread session on two cores).
             registry: a loaded registry, a registry JSON path, or None for the bundled one.
             allow_download: fetch weights that are neither bundled nor cached.
             progress, cancel: forwarded to the download.
@@ -201,16 +201,18 @@ class Segmenter:
                                cancel=cancel, read_timeout=read_timeout)
         report(progress, Stage.LOADING, 0, None, f"Loading {card.id}")
         layout = run_layout(threads)
-        # Next to each call, segment_image's own thread and the other calls' threads work: "auto" leaves them cores.
-        neighbours = layout.threads - layout.threads_per_run + 1
-        engine = InferenceEngine(path, device=device, threads=layout.threads_per_run,
+        # Next to the session's threads (its pool and one call's thread), segment_image's own thread and the other
+        # calls' threads work: "auto" leaves them cores.
+        neighbours = layout.concurrent_runs
+        engine = InferenceEngine(path, device=device, threads=layout.session_threads,
                                  input_name=card.input.input_name, output_name=card.input.output_name,
                                  spinning=spinning,
                                  spinning_choice=functools.partial(choose_spinning, neighbour_threads=neighbours))
         # A GPU runs one call at a time anyway; its CPU threads mostly wait for it.
         concurrent_runs = layout.concurrent_runs if engine.device == "cpu" else 1
-        _log.info("Model %s v%s on %s (%s); up to %d call(s) at a time, %d thread(s) each; %s", card.id, card.version,
-                  engine.device, engine.device_reason, concurrent_runs, layout.threads_per_run, engine.spinning_reason)
+        _log.info("Model %s v%s on %s (%s); up to %d call(s) at a time sharing %d ONNX Runtime thread(s); %s",
+                  card.id, card.version, engine.device, engine.device_reason, concurrent_runs, layout.session_threads,
+                  engine.spinning_reason)
         return cls(card, engine, concurrent_runs)
 
 

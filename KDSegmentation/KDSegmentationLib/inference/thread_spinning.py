@@ -15,7 +15,7 @@ prepares and spreads batches while the network runs, and other calls may run at 
 time (``Segmenter.from_registry`` passes them as neighbour threads, see
 :mod:`.run_layout`); on the idle 2-core machine, two-thread calls spinning next to the
 pipeline's thread made the overlapped run 8% slower (1.00 against 0.93 s in-process for
-150 slices of 512 x 512). With the default layout (one thread per call) nothing spins.
+150 slices of 512 x 512). With the default layout on two cores (two calls on a one-thread session) nothing spins.
 Threads that spin stop spinning as soon as a run returns
 (``session.force_spinning_stop``), so they never compete with the pipeline's own work
 between batches. ``"on"`` and ``"off"`` force the choice (``kdseg segment --thread-spinning``).
