@@ -139,3 +139,42 @@ def test_graph_input_without_fixed_channels_and_size_is_refused():
     graph.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "h"
     with pytest.raises(ValueError, match=r"must be \(N, C, H, W\) with fixed C, H, W"):
         rewrite_for_cpu(graph)
+
+
+def _run_all(model: onnx.ModelProto, x: np.ndarray):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
+
+
+def test_channel_count_read_through_a_shape_slice_keeps_the_repeat():
+    """Shape(start=1) puts the channel count at index 0: folding the repeat would change it from 3 to 1."""
+    graph = _tile_graph(0)
+    shape = next(node for node in graph.graph.node if node.op_type == "Shape")
+    shape.attribute.extend([helper.make_attribute("start", 1)])
+    rewritten, done = rewrite_for_cpu(graph)
+    assert done.channel_repeats_folded == 0
+    x = np.random.default_rng(4).random((2, 1, 8, 8), dtype=np.float32)
+    assert _run_all(rewritten, x)[1] == _run_all(graph, x)[1] == 3
+
+
+def test_repeat_of_a_constant_expanded_to_the_batch_still_reads_the_batch():
+    """Expand of a (1, 1, 8, 8) constant to the input's (N, 1, 8, 8) has its input's shape at batch 1 only: the
+    convolution must keep reading the expanded tensor (it read the constant: one image for a batch of two)."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Expand", ["constant", "shape"], ["expanded"]),
+             helper.make_node("Tile", ["expanded", "reps"], ["t"]),
+             helper.make_node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_model(helper.make_graph(
+        nodes, "expand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [numpy_helper.from_array(np.array([1, 3, 1, 1], np.int64), "reps"),
+         numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.random((1, 1, 8, 8), dtype=np.float32), "constant")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    rewritten, done = rewrite_for_cpu(graph)
+    assert done.channel_repeats_folded == 1
+    x = rng.random((2, 1, 8, 8), dtype=np.float32)
+    got, want = _run(rewritten, x), _run(graph, x)
+    assert got.shape == want.shape == (2, 4, 8, 8)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -107,6 +107,16 @@ class _GraphValues:
         """The tensor's shape at batch 1."""
         return tuple(self.weights[name].shape) if name in self.weights else tuple(self._at_1[name].shape)
 
+    def same_shapes(self, first: str, second: str) -> bool:
+        """Whether the two tensors have equal shapes at batch 1 and at batch 2 (e.g. not a batch-1 constant and
+        its broadcast to the batch)."""
+        def shapes(name: str) -> Tuple[Tuple[int, ...], ...]:
+            if name in self.weights:
+                return (tuple(self.weights[name].shape),) * 2
+            return tuple(self._at_1[name].shape), tuple(self._at_2[name].shape)
+
+        return shapes(first) == shapes(second)
+
     def constant(self, name: str) -> Optional[np.ndarray]:
         """The tensor's value if it is the same at batch 1 and 2 (a weight, or computed from fixed shapes)."""
         if name in self.weights:
@@ -162,7 +172,7 @@ def _fold_channel_repeats(graph: onnx.GraphProto, values: _GraphValues) -> int:
             continue
         expand = producers.get(source)
         if expand is not None and expand.op_type == "Expand" and \
-                values.shape(expand.input[0]) == values.shape(source) and len(consumers[source]) == 1:
+                values.same_shapes(expand.input[0], source) and len(consumers[source]) == 1:
             source = expand.input[0]  # an Expand to its own shape copies nothing
         readers = consumers[tile.output[0]]
         convs = [n for n in readers if _plain_conv(n) and n.input[0] == tile.output[0]
@@ -182,6 +192,8 @@ def _fold_channel_repeats(graph: onnx.GraphProto, values: _GraphValues) -> int:
 
 def _reads_no_channel_count(shape: onnx.NodeProto, consumers, values: _GraphValues) -> bool:
     """Every reader of this Shape's output takes a single N, H or W entry (Gather on axis 0)."""
+    if "start" in _attributes(shape) or "end" in _attributes(shape):
+        return False  # a slice of the dimensions (opset 15): its indices are not the tensor's axes
     readers = consumers[shape.output[0]]
     for reader in readers:
         if reader.op_type != "Gather" or _attributes(reader).get("axis", 0) != 0:
