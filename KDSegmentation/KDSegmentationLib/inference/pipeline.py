@@ -108,7 +108,9 @@ class SegmentationResult:
         warnings: doubts about the input (e.g. intensities that are not HU).
         busy: seconds each of "preprocess", "infer", "postprocess" worked, overlapping or
             not (equal to ``timings`` when nothing overlapped); "infer" sums the calls'
-            durations, which exceeds its wall time when calls ran concurrently.
+            durations, which exceeds its wall time when calls ran concurrently, while
+            "postprocess" counts this thread's time only: the organ clean-up's worker threads
+            (after the last batch) count as the wall time this thread waits for them.
         overlapped: whether the network calls ran on worker threads next to the other stages.
     """
 

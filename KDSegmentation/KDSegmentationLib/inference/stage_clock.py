@@ -10,7 +10,9 @@ their sum is no longer the wall time. Two honest figures remain:
   during which at least one network call was running; every other stage counts only its
   time while no network call was running (what makes a user wait beyond the network).
   Without overlap, busy and exposed are equal. With concurrent network calls, the
-  network's busy time (the sum of its calls' durations) exceeds its wall time.
+  network's busy time (the sum of its calls' durations) exceeds its wall time. Only
+  what is recorded counts: work a stage hands to threads of its own inside one recorded
+  interval (the organ clean-up) counts as that interval's wall time.
 """
 
 from __future__ import annotations
