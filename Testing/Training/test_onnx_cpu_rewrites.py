@@ -178,3 +178,14 @@ def test_repeat_of_a_constant_expanded_to_the_batch_still_reads_the_batch():
     got, want = _run(rewritten, x), _run(graph, x)
     assert got.shape == want.shape == (2, 4, 8, 8)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_padded_part_that_is_a_graph_output_keeps_its_pad():
+    """The split still applies, the Pad stays (merging it removed the node making a graph output: export failed)."""
+    graph = _concat_graph(0.0, False)
+    graph.graph.output.append(helper.make_tensor_value_info("bp", TensorProto.FLOAT, ["n", 3, 6, 6]))
+    rewritten, done = rewrite_for_cpu(graph)
+    assert done == CpuRewrites(concats_split=1, pads_folded=0) and "Pad" in _ops(rewritten)
+    a = np.random.default_rng(6).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    for got, want in zip(_run_all(rewritten, a), _run_all(graph, a)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

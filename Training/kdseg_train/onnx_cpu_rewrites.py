@@ -231,7 +231,9 @@ def _split_concat_convolutions(graph: onnx.GraphProto, values: _GraphValues) -> 
         for index, part in enumerate(concat.input):
             channels = values.shape(part)[1]
             source, part_pads = part, conv_pads
-            spatial = _zero_pad_amounts(producers.get(part), consumers, values)
+            # A padded part that is also a graph output keeps its Pad (removing it would leave the output unmade).
+            spatial = None if part in _graph_outputs(graph) else _zero_pad_amounts(producers.get(part), consumers,
+                                                                                  values)
             if spatial is not None:
                 source = producers[part].input[0]
                 part_pads = [p + q for p, q in zip(conv_pads, spatial)]
