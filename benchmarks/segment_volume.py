@@ -435,6 +435,8 @@ def main() -> int:
     parser.add_argument("--peak-size", type=int, default=PEAK_MATMUL_SIZE, help="n of the n^3 peak MatMul")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.repeats < 1:  # the median of no run does not exist
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     try:
         registry = load_registry(args.registry)
