@@ -7,7 +7,6 @@ import pytest
 import SimpleITK as sitk
 from onnx import TensorProto, helper, numpy_helper
 
-from KDSegmentationLib.inference.pipeline import SegmentationOptions, Segmenter, segment_image
 from kdseg_train.export import export_onnx
 from kdseg_train.models import create_model
 from kdseg_train.onnx_cpu_rewrites import CpuRewrites, rewrite_for_cpu
@@ -22,29 +21,22 @@ def _ops(model: onnx.ModelProto):
     return [node.op_type for node in model.graph.node]
 
 
-def test_shipped_model_rewritten_gives_the_same_labels_on_real_ct(plumbing_onnx, plumbing_registry_writer,
-                                                                   example_ct, tmp_path):
-    """The bundled student, rewritten, through the whole pipeline on 24 real CT slices."""
-    original = onnx.load(str(plumbing_onnx))
-    rewritten, done = rewrite_for_cpu(original)
-    assert done == CpuRewrites(channel_repeats_folded=1, concats_split=3, pads_folded=1)
-    ops = _ops(rewritten)
-    assert "Tile" not in ops and "Expand" not in ops and "Pad" not in ops
-    assert ops.count("Conv") == _ops(original).count("Conv") + 3
-    weights = {init.name: init for init in rewritten.graph.initializer}
-    root = next(node for node in rewritten.graph.node if node.op_type == "Conv")
-    assert root.input[0] == "image" and list(weights[root.input[1]].dims)[1] == 1
-    path = tmp_path / "rewritten.onnx"
-    onnx.save(rewritten, str(path))
+def test_bundled_model_is_the_rewritten_graph(plumbing_onnx):
+    """The bundled student (0.2.1 on) ships with the rewrites: nothing is left for them to do.
 
-    ct = example_ct[:, :, 44:68]
-    labels = []
-    for onnx_path, folder in ((plumbing_onnx, "original"), (path, "rewritten")):
-        registry = plumbing_registry_writer(tmp_path / folder, onnx_path)
-        segmenter = Segmenter.from_registry(device="cpu", registry=registry, allow_download=False, spinning="off")
-        labels.append(sitk.GetArrayFromImage(segment_image(ct, segmenter, SegmentationOptions()).labels))
-    assert labels[0].any()
-    np.testing.assert_array_equal(labels[1], labels[0])
+    0.2.0, exported before the rewrites, had one channel repeat, three decoder Concat -> Conv and
+    one skip Pad to rewrite; 0.2.1 is the same checkpoint exported with them, and gave 0.2.0's
+    labels on every real CT in ../shared/data (compared when it was shipped; Training/README).
+    """
+    bundled = onnx.load(str(plumbing_onnx))
+    again, done = rewrite_for_cpu(bundled)
+    assert done == CpuRewrites(channel_repeats_folded=0, concats_split=0, pads_folded=0)
+    ops = _ops(bundled)
+    assert "Tile" not in ops and "Expand" not in ops and "Pad" not in ops
+    assert _ops(again) == ops
+    weights = {init.name: init for init in bundled.graph.initializer}
+    root = next(node for node in bundled.graph.node if node.op_type == "Conv")
+    assert root.input[0] == "image" and list(weights[root.input[1]].dims)[1] == 1
 
 
 def test_export_applies_the_rewrites_and_matches_pytorch(shared_data, tmp_path):
