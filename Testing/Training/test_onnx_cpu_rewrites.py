@@ -26,7 +26,8 @@ def test_bundled_model_is_the_rewritten_graph(plumbing_onnx):
 
     0.2.0, exported before the rewrites, had one channel repeat, three decoder Concat -> Conv and
     one skip Pad to rewrite; 0.2.1 is the same checkpoint exported with them, and gave 0.2.0's
-    labels on every real CT in ../shared/data (compared when it was shipped; Training/README).
+    labels on every real CT in ../shared/data (compared when it was shipped; Training/README). Its
+    labels on real CT are guarded by test_bundled_model_reproduces_its_card.py.
     """
     bundled = onnx.load(str(plumbing_onnx))
     again, done = rewrite_for_cpu(bundled)
