@@ -67,9 +67,9 @@ from KDSegmentationLib.imaging.dicom_series_checks import read_slice_headers, se
 from KDSegmentationLib.imaging.image_files import read_image, write_image_atomic
 from KDSegmentationLib.imaging.nifti_gzip import inflate_gzip, plain_nifti_gz, read_nifti_gz
 from KDSegmentationLib.imaging.written_image_check import image_check
+from segment_volume import resampled_ct  # the same benchmark CT, built one way
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
-EXAMPLE_CT = DATA / "totalsegmentator_example" / "example_ct.nii.gz"
 EXAMPLE_LABELS = DATA / "totalsegmentator_example" / "example_seg_fast_force_split.nii.gz"
 REAL_DICOM = DATA / "totalsegmentator_dicom" / "example_ct_dicom"
 
@@ -596,15 +596,6 @@ def write_part(labels: sitk.Image, folder: Path, repeats: int) -> Dict[str, Dict
 
 
 # --------------------------------------------------------------------------- main
-
-
-def resampled_ct(size_xy: int, slices: int) -> sitk.Image:
-    """The real example CT resampled (linear) to size_xy x size_xy x slices, int16 HU (as segment_volume.py)."""
-    image = sitk.ReadImage(str(EXAMPLE_CT))
-    size = (size_xy, size_xy, slices)
-    spacing = [image.GetSpacing()[i] * image.GetSize()[i] / size[i] for i in range(3)]
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
-                         image.GetDirection(), -1024, sitk.sitkInt16)
 
 
 def installed_versions() -> Dict[str, str]:
